@@ -1,0 +1,19 @@
+"""mmlib: the small, tested library behind *Multimodal Large Models: Principles and Practice*.
+
+Each module is named after the concept the book teaches with it:
+
+- ``mmlib.history``  -- the timeline of multimodal models as validated data (chapter 1)
+- ``mmlib.plot``     -- the book's colours and figure style
+- ``mmlib.train``    -- seeding and device selection (every chapter)
+- ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers
+"""
+
+__version__ = "0.1.0"
+
+REPOSITORY = "https://github.com/multimodal-book/multimodal-large-models"
+"""The book's repository: the README, the Colab launch button and each notebook's install cell
+use this URL (a test keeps them in step)."""
+
+from mmlib.notebook import setup  # noqa: E402  (re-exported: ``device = mmlib.setup(seed=0)``)
+
+__all__ = ["REPOSITORY", "setup", "__version__"]

@@ -1,0 +1,65 @@
+"""mmlib.train and mmlib.notebook: seeding, device, setup and glue."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import mmlib
+import mmlib.notebook as notebook
+from mmlib.train import default_device, seed_everything
+
+
+def draw():
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_same_seed_same_numbers_and_different_seed_different_numbers():
+    seed_everything(123)
+    first = draw()
+    seed_everything(123)
+    assert draw() == first
+    seed_everything(124)
+    assert draw() != first
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", None, True])
+def test_seed_must_be_a_non_negative_int(bad):
+    with pytest.raises(ValueError, match="non-negative integer"):
+        seed_everything(bad)
+
+
+def test_default_device_follows_cuda_availability():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert default_device().type == expected
+
+
+def test_setup_returns_the_device_and_prints_versions(capsys):
+    device = mmlib.setup(seed=0)
+    assert device == default_device()
+    out = capsys.readouterr().out
+    assert torch.__version__ in out and mmlib.__version__ in out
+
+
+def test_glue_without_myst_nb_shows_the_value(monkeypatch):
+    shown = []
+    monkeypatch.setattr(notebook, "_myst_glue", None)
+    monkeypatch.setattr("IPython.display.display", lambda value: shown.append(value))
+    assert notebook.glue("fused_acc", 0.97) == 0.97
+    assert shown == [0.97]
+    notebook.glue("hidden", 1, display=False)
+    assert shown == [0.97]
+
+
+def test_glue_with_myst_nb_records_the_value(monkeypatch):
+    recorded = []
+    monkeypatch.setattr(notebook, "_myst_glue", lambda name, value, display: recorded.append((name, value, display)))
+    notebook.glue("n_events", 35, display=False)
+    assert recorded == [("n_events", 35, False)]
+
+
+@pytest.mark.parametrize("name", ["fused acc", "", "1st", None])
+def test_glue_names_must_be_identifiers(name):
+    with pytest.raises(ValueError, match="identifiers"):
+        notebook.glue(name, 1)

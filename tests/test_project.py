@@ -1,0 +1,201 @@
+"""Checks of the project itself: install ranges, Colab safety, notebooks, configuration, citations."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import mmlib
+from mmlib.history import bibliography_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+NOTEBOOKS = sorted(p for p in (ROOT / "book").glob("*.ipynb"))
+PAGES = sorted((ROOT / "book").glob("*.md"))
+
+
+def requirements(names=("torch", "torchvision", "numpy", "matplotlib")):
+    reqs = {Requirement(r).name: Requirement(r) for r in PYPROJECT["project"]["dependencies"]}
+    return {name: reqs[name] for name in names}
+
+
+def code_cells(path):
+    nb = json.loads(path.read_text())
+    return [("".join(c["source"]), c) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def markdown_text(path):
+    if path.suffix == ".md":
+        return path.read_text()
+    nb = json.loads(path.read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def toc_files():
+    files = [TOC["root"]]
+    for part in TOC.get("parts", []):
+        files += [ch["file"] for ch in part["chapters"]]
+    return files
+
+
+# --- dependencies: ranges that keep Colab's torch --------------------------------------------
+
+def test_runtime_dependencies_are_open_ranges_not_pins():
+    for name, req in requirements().items():
+        ops = {spec.operator for spec in req.specifier}
+        assert ops <= {">=", ">", "!="}, f"{name}: use a lower bound, not {req.specifier}"
+
+
+@pytest.mark.parametrize("torch_version,vision_version", [
+    ("2.14.1", "0.29.1"),          # this machine's wheels
+    ("2.9.0+cu126", "0.24.0+cu126"),  # Colab, late 2025
+    ("2.10.0+cu128", "0.25.0+cu128"),
+    ("3.0.0", "0.30.0"),             # a future Colab release must not trigger a downgrade
+])
+def test_ranges_admit_this_machine_and_colab(torch_version, vision_version):
+    reqs = requirements()
+    assert reqs["torch"].specifier.contains(Version(torch_version), prereleases=True)
+    assert reqs["torchvision"].specifier.contains(Version(vision_version), prereleases=True)
+
+
+def test_installed_torch_satisfies_the_ranges():
+    import numpy
+    import torch
+    import torchvision
+
+    for name, module in (("torch", torch), ("torchvision", torchvision), ("numpy", numpy)):
+        assert requirements()[name].specifier.contains(Version(module.__version__), prereleases=True)
+
+
+def test_installing_mmlib_into_an_env_with_torch_changes_no_torch(tmp_path):
+    """What Colab's install cell does, as a dry run against this environment (offline)."""
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+         "--quiet", "--report", str(report), str(ROOT)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    installs = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert installs == {"mmlib"}, f"installing mmlib would also install {sorted(installs - {'mmlib'})}"
+
+
+def test_extras_book_and_test():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    book = {Requirement(r).name: Requirement(r) for r in extras["book"]}
+    assert str(book["jupyter-book"].specifier) in ("<2,>=1.0.4", ">=1.0.4,<2")
+    assert {"pytest", "nbval"} <= {Requirement(r).name for r in extras["test"]}
+    assert PYPROJECT["project"]["requires-python"] == ">=3.10"
+
+
+def test_environment_yml_installs_the_project_with_its_extras():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python"))
+    assert python.removeprefix("python") == PYPROJECT["project"]["requires-python"]
+    assert "pip" in deps
+    pip_lines = next(d["pip"] for d in deps if isinstance(d, dict))
+    match = re.fullmatch(r"-e \.\[(.*)\]", pip_lines[0])
+    assert match, f"environment.yml should install the project with pip, got {pip_lines}"
+    assert set(match.group(1).split(",")) == set(PYPROJECT["project"]["optional-dependencies"])
+    assert len(pip_lines) == 1, "versions belong in pyproject.toml, not environment.yml"
+
+
+# --- one repository URL everywhere ---------------------------------------------------------
+
+def test_repository_url_agrees_everywhere():
+    url = mmlib.REPOSITORY
+    assert CONFIG["repository"]["url"] == url
+    assert PYPROJECT["project"]["urls"]["Repository"] == url
+    assert url in (ROOT / "README.md").read_text()
+    slug = url.removeprefix("https://github.com/")
+    assert f"colab.research.google.com/github/{slug}/blob/main/book/" in (ROOT / "README.md").read_text()
+    for nb in NOTEBOOKS:
+        setup = code_cells(nb)[0][0]
+        assert f"git+{url}" in setup, f"{nb.name}: install cell does not install from {url}"
+
+
+# --- notebooks -----------------------------------------------------------------------------
+
+def test_every_notebook_is_in_the_toc_and_every_toc_file_exists():
+    files = toc_files()
+    for nb in NOTEBOOKS:
+        assert f"book/{nb.stem}" in files, f"{nb.name} is not in _toc.yml"
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").exists() for ext in (".ipynb", ".md")), f"_toc.yml lists missing {f}"
+
+
+def test_notebooks_are_committed_without_outputs():
+    for nb in NOTEBOOKS:
+        for source, cell in code_cells(nb):
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{nb.name}: clear outputs"
+
+
+def test_every_notebook_starts_with_the_setup_pattern():
+    for nb in NOTEBOOKS:
+        setup = code_cells(nb)[0][0]
+        assert 'find_spec("mmlib") is None' in setup, f"{nb.name}: install only when mmlib is missing"
+        install = [line for line in setup.splitlines() if "pip" in line or "git+" in line]
+        assert install and not any("torch" in line for line in install), f"{nb.name}: never install torch"
+        assert re.search(r"device = mmlib\.setup\(seed=\d+\)", setup), f"{nb.name}: seed and device"
+
+
+def test_glued_names_in_prose_are_glued_in_code():
+    for nb in NOTEBOOKS:
+        used = set(re.findall(r"\{glue(?::\w+)?\}`(\w+)", markdown_text(nb)))
+        code = "\n".join(src for src, _ in code_cells(nb))
+        glued = set(re.findall(r"glue\(\s*[\"'](\w+)[\"']", code))
+        assert used <= glued, f"{nb.name}: prose quotes {sorted(used - glued)} but the code never glues them"
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = bibliography_keys()
+    for path in NOTEBOOKS + PAGES:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", markdown_text(path)):
+            for key in group.split(","):
+                assert key.strip() in keys, f"{path.name} cites unknown key {key.strip()!r}"
+
+
+def test_book_bibliography_is_mmlibs():
+    assert (ROOT / "book" / "references.bib").resolve() == (ROOT / "mmlib" / "references.bib").resolve()
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def test_book_configuration():
+    execute = CONFIG["execute"]
+    assert execute["execute_notebooks"] == "cache"
+    assert execute["allow_errors"] is False
+    assert execute["timeout"] > 0
+    assert CONFIG["only_build_toc_files"] is True
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert CONFIG["bibtex_bibfiles"] == ["book/references.bib"]
+    assert CONFIG["title"] and CONFIG["author"] and CONFIG["copyright"]
+
+
+def test_pytest_never_collects_build_copies():
+    opts = PYPROJECT["tool"]["pytest"]["ini_options"]
+    assert "_build" in opts["norecursedirs"]
+    assert set(opts["testpaths"]) == {"tests", "book"}
+    assert "--nbval-lax" in opts["addopts"]
+
+
+def test_ci_runs_the_readme_commands():
+    ci = ROOT / ".ci" / "run"
+    assert os.access(ci, os.X_OK)
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(python3 -m venv .*)\n```", readme)
+    assert len(commands) == 2 and "pytest" in commands[1] and "jupyter-book build . -W" in commands[0]
+    assert "README.md" in ci.read_text(), ".ci/run should take its commands from the README"
