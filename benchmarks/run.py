@@ -1,0 +1,71 @@
+"""Benchmark: execute every chapter in a fresh kernel; report wall time and peak memory.
+
+    python benchmarks/run.py                 # every notebook under book/
+    python benchmarks/run.py book/01_history.ipynb
+
+Each notebook runs in its own process (a fresh Jupyter kernel, as a reader would run it). Peak
+memory is the kernel's maximum resident set size. Later chapters add rows of their own (data
+generation throughput, training-loop overhead) through ``EXTRA_BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXTRA_BENCHMARKS: list[str] = []  # modules under benchmarks/ with a main() that prints rows
+
+
+def run_one(path: Path) -> dict:
+    """Execute one notebook in a fresh kernel (called in a child process)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    wall = time.perf_counter() - start
+    # The kernel was this process's child; once it has exited, RUSAGE_CHILDREN holds its peak RSS.
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"notebook": str(path.relative_to(ROOT)), "wall_s": wall, "peak_mb": peak_kb / 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: book/*.ipynb)")
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one.resolve())))
+        return 0
+    notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "book").glob("*.ipynb"))
+    missing = [str(p) for p in notebooks if not p.exists()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    rows = []
+    for path in notebooks:
+        proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            print(f"FAILED: {path.name}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    width = max(len(r["notebook"]) for r in rows)
+    print(f"{'notebook':<{width}}  {'wall s':>8}  {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['peak_mb']:>8.0f}")
+    print(f"{'total':<{width}}  {sum(r['wall_s'] for r in rows):>8.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
+    for module in EXTRA_BENCHMARKS:
+        subprocess.run([sys.executable, "-m", f"benchmarks.{module}"], cwd=ROOT, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
