@@ -185,15 +185,19 @@ class Timeline(Sequence):
         return Timeline(self.find(name) for name in names)
 
     def _repr_html_(self) -> str:
+        """A compact, scrollable table for notebooks and the book."""
         import html
 
-        head = "".join(f"<th style='text-align:left'>{h}</th>" for h in
+        cell = "<td style='text-align:left;vertical-align:top;padding:2px 6px'>{}</td>"
+        head = "".join(f"<th style='text-align:left;padding:2px 6px'>{h}</th>" for h in
                        ("date", "event", "organisation", "modalities", "why it matters", "source"))
         body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+            "<tr>" + "".join(cell.format(html.escape(str(v)).replace("-", "&#8209;") if k == "date"
+                                         else html.escape(str(v))) for k, v in row.items()) + "</tr>"
             for row in self.to_rows()
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return ("<div style='max-height:420px;overflow:auto;font-size:0.8em'>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
     def to_rows(self) -> list[dict]:
         """The events as plain dicts (for tables)."""
