@@ -62,3 +62,54 @@ def use_book_style() -> None:
             "legend.frameon": False,
         }
     )
+
+
+def show_images(images, captions=None, ncols: int = 6, title: str | None = None, width: float = 1.7):
+    """A grid of images (tensor (n, 3, H, W) in [0, 1]) with their captions underneath."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (n, 3, H, W), got {tuple(images.shape)}")
+    n = len(images)
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"got {n} images but {len(captions)} captions")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + (0.55 if captions else 0)) * nrows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+        if captions is not None:
+            ax.set_title("\n".join(textwrap.wrap(captions[i], 22)), fontsize=7.5, fontweight="normal")
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def show_sound(wave, sample_rate: int, title: str | None = None, n_mels: int = 32):
+    """A waveform (1-D tensor) and its log-mel spectrogram, one above the other."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from mmlib.world import log_mel_spectrogram
+
+    wave = torch.as_tensor(wave).flatten().float().cpu()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4), sharex=True)
+    t = torch.arange(len(wave)) / sample_rate
+    top.plot(t, wave, lw=0.6, color=MODALITY_COLORS["audio"])
+    top.set_ylabel("amplitude")
+    spec = log_mel_spectrogram(wave[None], sample_rate, n_mels=n_mels)[0]
+    bottom.imshow(spec, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, len(wave) / sample_rate, 0, n_mels))
+    bottom.set_ylabel("mel band")
+    bottom.set_xlabel("time (s)")
+    bottom.grid(False)
+    if title:
+        top.set_title(title)
+    fig.tight_layout()
+    return fig

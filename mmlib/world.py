@@ -182,7 +182,7 @@ def position_word(x: float, y: float) -> str:
 def default_held_out(shapes: tuple[str, ...] = SHAPES) -> frozenset[tuple[str, str]]:
     """Colour-shape pairs never seen in training for compositional splits: one shape per colour,
     so every colour and every shape still appears in training with other partners."""
-    return frozenset((c, shapes[(3 * i + 1) % len(shapes)]) for i, c in enumerate(COLORS))
+    return frozenset((c, shapes[(i + 1) % len(shapes)]) for i, c in enumerate(COLORS))
 
 
 def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0,
@@ -240,17 +240,17 @@ def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0
     radius = np.array([RADIUS[s] for s in SIZES])[size_idx]
     x, y = rng.uniform(0, 1, (n, k)), rng.uniform(0, 1, (n, k))
     x, y = radius + x * (1 - 2 * radius), radius + y * (1 - 2 * radius)
-    for _ in range(200):  # rejection sampling, vectorised: redraw objects that overlap
-        bad = np.zeros((n, k), bool)
+    for _ in range(500):  # rejection sampling, vectorised: redraw every object of a scene with overlaps
+        bad = np.zeros(n, bool)
         for j in range(1, k):
             for i in range(j):
                 gap = np.hypot(x[:, i] - x[:, j], y[:, i] - y[:, j]) - (radius[:, i] + radius[:, j]) - 0.04
-                bad[:, j] |= (gap < 0) & (j < count)
+                bad |= (gap < 0) & (j < count)
         if not bad.any():
             break
         m = int(bad.sum())
-        x[bad] = radius[bad] + rng.uniform(0, 1, m) * (1 - 2 * radius[bad])
-        y[bad] = radius[bad] + rng.uniform(0, 1, m) * (1 - 2 * radius[bad])
+        x[bad] = radius[bad] + rng.uniform(0, 1, (m, k)) * (1 - 2 * radius[bad])
+        y[bad] = radius[bad] + rng.uniform(0, 1, (m, k)) * (1 - 2 * radius[bad])
     else:  # pragma: no cover - astronomically unlikely with at most four small objects
         raise RuntimeError("could not place non-overlapping objects")
     texture = np.stack([rng.uniform(0, 2 * np.pi, n), rng.uniform(0, np.pi, n), rng.uniform(2, 5, n)], axis=1)
