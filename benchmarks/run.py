@@ -4,8 +4,8 @@
     python benchmarks/run.py book/01_history.ipynb
 
 Each notebook runs in its own process (a fresh Jupyter kernel, as a reader would run it). Peak
-memory is the kernel's maximum resident set size. Later chapters add rows of their own (data
-generation throughput, training-loop overhead) through ``EXTRA_BENCHMARKS``.
+memory is the kernel's maximum resident set size. The scripts named in ``EXTRA_BENCHMARKS`` then
+print rows of their own (e.g. ``benchmarks/world.py``: data generation throughput and memory).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXTRA_BENCHMARKS: list[str] = []  # modules under benchmarks/ with a main() that prints rows
+EXTRA_BENCHMARKS: list[str] = ["world.py"]  # scripts beside this one that print rows of their own
 
 
 def run_one(path: Path) -> dict:
@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['peak_mb']:>8.0f}")
     print(f"{'total':<{width}}  {sum(r['wall_s'] for r in rows):>8.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
-    for module in EXTRA_BENCHMARKS:
-        subprocess.run([sys.executable, "-m", f"benchmarks.{module}"], cwd=ROOT, check=True)
+    for script in EXTRA_BENCHMARKS:
+        print()
+        subprocess.run([sys.executable, str(Path(__file__).parent / script)], cwd=ROOT, check=True)
     return 0
 
 

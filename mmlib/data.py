@@ -86,8 +86,13 @@ class WorldDataset(torch.utils.data.Dataset):
         return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
 
 
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.mul(255).round_().to(torch.uint8)
+def _render_uint8(scenes: world.Scenes, image_size: int, domain: str, chunk: int = 4096) -> torch.Tensor:
+    """Render in chunks straight to uint8, so peak memory stays near the size of the result."""
+    out = torch.empty((len(scenes), 3, image_size, image_size), dtype=torch.uint8)
+    for start in range(0, len(scenes), chunk):
+        part = world.render_images(scenes[start:start + chunk], image_size, domain)
+        out[start:start + chunk] = part.mul_(255).round_().to(torch.uint8)
+    return out
 
 
 def _attribute_labels(scenes: world.Scenes, slot: int = 0) -> dict[str, torch.Tensor]:
@@ -142,7 +147,7 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     else:
         scene_options["exclude"] = held_out
     scenes = world.sample_scenes(n, n_objects, seed=split_seed, **scene_options)
-    images = _to_uint8(world.render_images(scenes, image_size, domain))
+    images = _render_uint8(scenes, image_size, domain)
     labels = _attribute_labels(scenes)
     if tokenizer is None:
         tokenizer = Tokenizer.for_world(language)

@@ -608,9 +608,10 @@ def render_sounds(scenes: Scenes, sample_rate: int = SAMPLE_RATE, duration: floa
     onset = torch.as_tensor(np.round(scenes.x * (length - tone_len)).astype(np.int64))  # (n, k)
     loud = torch.tensor([LOUDNESS[s] for s in SIZES])[torch.as_tensor(scenes.size)]  # (n, k)
     mask = torch.as_tensor(scenes.mask)
+    flat = table.reshape(-1, tone_len)  # row = shape * len(COLORS) + colour
     for j in range(k):
-        tones = table[torch.as_tensor(scenes.shape[:, j]), torch.as_tensor(scenes.color[:, j])]  # (n, L)
-        tones = tones * (loud[:, j] * mask[:, j])[:, None]
+        row = torch.as_tensor(scenes.shape[:, j] * len(COLORS) + scenes.color[:, j])
+        tones = flat.index_select(0, row).mul_((loud[:, j] * mask[:, j])[:, None])  # (n, L)
         index = onset[:, j, None] + torch.arange(tone_len)[None, :]  # (n, L)
         out.scatter_add_(1, index, tones)
     return out.clamp_(-1, 1)
