@@ -3,7 +3,10 @@
 Each module is named after the concept the book teaches with it:
 
 - ``mmlib.history``  -- the timeline of multimodal models as validated data (chapter 1)
-- ``mmlib.plot``     -- the book's colours and figure style
+- ``mmlib.world``    -- the procedural world: scenes as images, captions and sounds (chapter *world*)
+- ``mmlib.text``     -- the tokenizer for the world's captions
+- ``mmlib.data``     -- datasets per task, with i.i.d. and compositional splits
+- ``mmlib.plot``     -- the book's colours, figure style, image grids and sound plots
 - ``mmlib.train``    -- seeding and device selection (every chapter)
 - ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers
 """
