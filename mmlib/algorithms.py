@@ -1,0 +1,86 @@
+"""The core algorithms of the source article (§2.2), written by hand to be read.
+
+Chapter 3 shows each function's source, checks it against PyTorch's own layer, then uses the
+PyTorch version. Nothing here is fast; everything here is short.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def conv2d_by_hand(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """2-D convolution as 'unfold, then one matrix product' (what nn.Conv2d computes).
+
+    x: (B, C_in, H, W); weight: (C_out, C_in, k, k) -> (B, C_out, H_out, W_out)
+    """
+    if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected x (B, C_in, H, W) and weight (C_out, C_in, k, k) with the same C_in, "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    batch, _, height, width = x.shape
+    c_out, _, k, _ = weight.shape
+    patches = torch.nn.functional.unfold(x, k, padding=padding, stride=stride)  # (B, C_in*k*k, L)
+    out = weight.reshape(c_out, -1) @ patches  # every output pixel: a dot product with one patch
+    if bias is not None:
+        out = out + bias[:, None]
+    h_out = (height + 2 * padding - k) // stride + 1
+    w_out = (width + 2 * padding - k) // stride + 1
+    return out.reshape(batch, c_out, h_out, w_out)
+
+
+def gru_cell_by_hand(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+                     bias_ih: torch.Tensor, bias_hh: torch.Tensor) -> torch.Tensor:
+    """One GRU step, with nn.GRUCell's parameters and gate order (reset, update, new).
+
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr)        reset gate: how much of the past to use
+    z = sigma(W_iz x + b_iz + W_hz h + b_hz)        update gate: how much to keep
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   the candidate state
+    h' = (1 - z) * n + z * h
+    """
+    gi = x @ weight_ih.T + bias_ih  # (B, 3H): input's contribution to the three gates
+    gh = h @ weight_hh.T + bias_hh  # (B, 3H): the previous state's contribution
+    i_r, i_z, i_n = gi.chunk(3, dim=1)
+    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(d)) V. q: (..., n_q, d), k and v: (..., n_k, d).
+
+    key_padding_mask: (B, n_k), True where a key is padding (it then gets zero weight).
+    Returns the output (..., n_q, d_v) and the weights (..., n_q, n_k).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if key_padding_mask is not None:
+        mask = key_padding_mask[:, None, :] if scores.dim() == 3 else key_padding_mask[:, None, None, :]
+        scores = scores.masked_fill(mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+def multi_head_attention_by_hand(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 mha: torch.nn.MultiheadAttention,
+                                 key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-head attention with the weights of a ``batch_first`` nn.MultiheadAttention.
+
+    Project to queries, keys and values; split the width into heads; attend in each head; join the
+    heads; project out. Returns the output (B, n_q, d) and the weights averaged over heads.
+    """
+    d, heads = mha.embed_dim, mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B, heads, n, d / heads)
+        return t.reshape(t.shape[0], t.shape[1], heads, d // heads).transpose(1, 2)
+
+    q, k, v = split(query @ w_q.T + b_q), split(key @ w_k.T + b_k), split(value @ w_v.T + b_v)
+    out, weights = scaled_dot_product_attention(q, k, v, key_padding_mask)
+    out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], d)  # join the heads
+    return mha.out_proj(out), weights.mean(dim=1)
