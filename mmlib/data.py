@@ -125,8 +125,11 @@ def hard_negatives(scenes: world.Scenes, seed: int = 0, exclude: Iterable[tuple[
 def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[tuple[str, str]] = (),
                  seed: int = 0, image_size: int = 32, domain: str = "clean", n_objects=None,
                  distractors: float = 0.0, language: str = "en", shapes: Iterable[str] = world.SHAPES,
-                 tokenizer: Tokenizer | None = None) -> WorldDataset:
-    """Build the dataset for ``task`` and ``split`` (see the module docstring). Seeded and reproducible."""
+                 tokenizer: Tokenizer | None = None, sound: bool = False) -> WorldDataset:
+    """Build the dataset for ``task`` and ``split`` (see the module docstring). Seeded and reproducible.
+
+    sound: also render each scene's sound (batches then carry ``'sound'``); 'trimodal' always does.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: expected one of {TASKS}")
     if split not in SPLITS:
@@ -157,8 +160,6 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     if task in ("pairs", "trimodal"):
         texts = (world.captions(scenes, seed=split_seed + 1, distractors=distractors) if language == "en"
                  else world.chinese_captions(scenes, seed=split_seed + 1))
-        if task == "trimodal":
-            sounds = world.render_sounds(scenes)
     elif task == "matching":
         negatives = hard_negatives(scenes, seed=split_seed + 2, exclude=() if split == "heldout" else held_out)
         is_match = np.random.default_rng(split_seed + 3).random(n) < 0.5
@@ -174,6 +175,8 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
         qa = world.questions(scenes, seed=split_seed + 1, exclude=held_out if split != "heldout" else ())
         texts = [q for q, _ in qa]
         labels["answer"] = torch.tensor([ANSWERS.index(a) for _, a in qa])
+    if sound or task == "trimodal":
+        sounds = world.render_sounds(scenes)
     tokens = lengths = None
     if texts:
         tokens, lengths = tokenizer.batch(texts)

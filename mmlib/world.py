@@ -109,7 +109,7 @@ PITCH_HZ = {c: 220.0 * 2 ** (4 * i / 12) for i, c in enumerate(COLORS)}
 TIMBRES = {"circle": "sine", "square": "square", "triangle": "triangle", "star": "sawtooth",
            "cross": "pulse", "diamond": "organ", "hexagon": "bell", "ring": "hollow"}
 LOUDNESS = {"small": 0.35, "large": 0.8}
-RADIUS = {"small": 0.13, "large": 0.22}  # fraction of the image side
+RADIUS = {"small": 0.16, "large": 0.24}  # fraction of the image side
 
 
 def _check_names(given: Iterable[str], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -185,6 +185,18 @@ def default_held_out(shapes: tuple[str, ...] = SHAPES) -> frozenset[tuple[str, s
     return frozenset((c, shapes[(i + 1) % len(shapes)]) for i, c in enumerate(COLORS))
 
 
+def _draw_positions(rng: np.random.Generator, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres for objects of the given radii (m, k), inside the image. With more than two objects
+    each goes into its own quadrant (in random order), so that four of them always fit."""
+    m, k = radius.shape
+    u, v = rng.uniform(0, 1, (m, k)), rng.uniform(0, 1, (m, k))
+    if k <= 2:
+        return radius + u * (1 - 2 * radius), radius + v * (1 - 2 * radius)
+    quadrant = np.argsort(rng.uniform(0, 1, (m, 4)), axis=1)[:, :k]
+    left, top = 0.5 * (quadrant % 2), 0.5 * (quadrant // 2)
+    return left + radius + u * (0.5 - 2 * radius), top + radius + v * (0.5 - 2 * radius)
+
+
 def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0,
                   shapes: Iterable[str] = SHAPES, colors: Iterable[str] = COLORS,
                   sizes: Iterable[str] = SIZES, exclude: Iterable[tuple[str, str]] = (),
@@ -238,8 +250,7 @@ def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0
     if k > 2:  # four objects only fit in a 32-pixel image when they are small
         size_idx = np.where(count[:, None] > 2, 0, size_idx)
     radius = np.array([RADIUS[s] for s in SIZES])[size_idx]
-    x, y = rng.uniform(0, 1, (n, k)), rng.uniform(0, 1, (n, k))
-    x, y = radius + x * (1 - 2 * radius), radius + y * (1 - 2 * radius)
+    x, y = _draw_positions(rng, radius)
     for _ in range(500):  # rejection sampling, vectorised: redraw every object of a scene with overlaps
         bad = np.zeros(n, bool)
         for j in range(1, k):
@@ -248,9 +259,7 @@ def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0
                 bad |= (gap < 0) & (j < count)
         if not bad.any():
             break
-        m = int(bad.sum())
-        x[bad] = radius[bad] + rng.uniform(0, 1, (m, k)) * (1 - 2 * radius[bad])
-        y[bad] = radius[bad] + rng.uniform(0, 1, (m, k)) * (1 - 2 * radius[bad])
+        x[bad], y[bad] = _draw_positions(rng, radius[bad])
     else:  # pragma: no cover - astronomically unlikely with at most four small objects
         raise RuntimeError("could not place non-overlapping objects")
     texture = np.stack([rng.uniform(0, 2 * np.pi, n), rng.uniform(0, np.pi, n), rng.uniform(2, 5, n)], axis=1)
