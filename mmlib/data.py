@@ -125,10 +125,12 @@ def hard_negatives(scenes: world.Scenes, seed: int = 0, exclude: Iterable[tuple[
 def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[tuple[str, str]] = (),
                  seed: int = 0, image_size: int = 32, domain: str = "clean", n_objects=None,
                  distractors: float = 0.0, language: str = "en", shapes: Iterable[str] = world.SHAPES,
-                 tokenizer: Tokenizer | None = None, sound: bool = False) -> WorldDataset:
+                 tokenizer: Tokenizer | None = None, sound: bool = False,
+                 question_types: Iterable[str] = world.QUESTION_TYPES) -> WorldDataset:
     """Build the dataset for ``task`` and ``split`` (see the module docstring). Seeded and reproducible.
 
     sound: also render each scene's sound (batches then carry ``'sound'``); 'trimodal' always does.
+    question_types: for 'qa', which kinds of question to ask (see ``world.questions``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: expected one of {TASKS}")
@@ -144,7 +146,7 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     if language not in ("en", "zh"):
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
     split_seed = seed + _SPLIT_SEED[split]
-    scene_options = dict(shapes=tuple(shapes), distinct=(task == "qa"))
+    scene_options = dict(shapes=tuple(shapes), distinct=(task == "qa" or n_objects != 1))  # unambiguous references
     if split == "heldout":
         scene_options["only"] = held_out
     else:
@@ -172,7 +174,8 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     elif task == "qa":
         if language != "en":
             raise ValueError("questions are English only: use language='en' for task='qa'")
-        qa = world.questions(scenes, seed=split_seed + 1, exclude=held_out if split != "heldout" else ())
+        qa = world.questions(scenes, seed=split_seed + 1, types=question_types,
+                             exclude=held_out if split != "heldout" else ())
         texts = [q for q, _ in qa]
         labels["answer"] = torch.tensor([ANSWERS.index(a) for _, a in qa])
     if sound or task == "trimodal":

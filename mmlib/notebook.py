@@ -43,3 +43,12 @@ def setup(seed: int = 0, verbose: bool = True) -> torch.device:
 
         print(f"mmlib {mmlib.__version__} | torch {torch.__version__} | device: {device} | seed: {seed}")
     return device
+
+
+def show_source(obj) -> Any:
+    """Display the source code of a function or class from mmlib, highlighted (chapter 3)."""
+    import inspect
+
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")

@@ -113,3 +113,27 @@ def show_sound(wave, sample_rate: int, title: str | None = None, n_mels: int = 3
         top.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def show_attention(image, weights, words, grid: int, title: str | None = None):
+    """Where each word looks: the image, then one heat map per word over a ``grid x grid`` of regions.
+
+    weights: (n_words, grid * grid) attention of each word over the image regions.
+    """
+    import matplotlib.pyplot as plt
+
+    weights = weights.detach().cpu()
+    if weights.shape != (len(words), grid * grid):
+        raise ValueError(f"expected weights of shape ({len(words)}, {grid * grid}), got {tuple(weights.shape)}")
+    fig, axes = plt.subplots(1, len(words) + 1, figsize=(1.6 * (len(words) + 1), 2.0))
+    axes[0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    axes[0].set_title("image", fontsize=9, fontweight="normal")
+    for ax, word, w in zip(axes[1:], words, weights):
+        ax.imshow(w.reshape(grid, grid).numpy(), cmap="viridis", interpolation="nearest")
+        ax.set_title(word, fontsize=9, fontweight="normal")
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontweight="bold", fontsize=10)
+    fig.tight_layout()
+    return fig
