@@ -6,8 +6,12 @@ Each module is named after the concept the book teaches with it:
 - ``mmlib.world``    -- the procedural world: scenes as images, captions and sounds (chapter *world*)
 - ``mmlib.text``     -- the tokenizer for the world's captions
 - ``mmlib.data``     -- datasets per task, with i.i.d. and compositional splits
-- ``mmlib.plot``     -- the book's colours, figure style, image grids and sound plots
-- ``mmlib.train``    -- seeding and device selection (every chapter)
+- ``mmlib.encoders`` -- feature extraction: image CNN, tiny ViT, text GRU/Transformer/bag, audio CNN
+- ``mmlib.fusion``   -- seven fusion layers with one interface (chapter 3 compares them)
+- ``mmlib.models``   -- the four-layer MultimodalModel of chapter 2
+- ``mmlib.algorithms`` -- convolution, GRU cell and attention by hand (chapter 3)
+- ``mmlib.plot``     -- the book's colours, figure style, image grids, sound plots, attention maps
+- ``mmlib.train``    -- seeding, device selection, ``fit``/``evaluate`` and the training History
 - ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers
 """
 

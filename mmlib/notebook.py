@@ -20,8 +20,8 @@ except ImportError:  # pragma: no cover - exercised by tests through monkeypatch
     _myst_glue = None
 
 
-def glue(name: str, value: Any, display: bool = True) -> Any:
-    """Record ``value`` under ``name`` for the book's prose; show it in the notebook. Returns it."""
+def glue(name: str, value: Any, display: bool = True) -> None:
+    """Record ``value`` under ``name`` for the book's prose (and show it, unless ``display=False``)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"glue names must be identifiers like 'fused_acc', got {name!r}")
     if _myst_glue is not None:
@@ -30,7 +30,6 @@ def glue(name: str, value: Any, display: bool = True) -> Any:
         from IPython.display import display as ipy_display
 
         ipy_display(value)
-    return value
 
 
 def setup(seed: int = 0, verbose: bool = True) -> torch.device:

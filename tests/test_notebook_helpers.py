@@ -46,7 +46,7 @@ def test_glue_without_myst_nb_shows_the_value(monkeypatch):
     shown = []
     monkeypatch.setattr(notebook, "_myst_glue", None)
     monkeypatch.setattr("IPython.display.display", lambda value: shown.append(value))
-    assert notebook.glue("fused_acc", 0.97) == 0.97
+    assert notebook.glue("fused_acc", 0.97) is None  # nothing echoed as a cell's last value
     assert shown == [0.97]
     notebook.glue("hidden", 1, display=False)
     assert shown == [0.97]
