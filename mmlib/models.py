@@ -104,3 +104,45 @@ class MultimodalModel(nn.Module):
         shapes["fusion"] = tuple(fused.shape)
         shapes["output"] = tuple(self.output(fused).shape)
         return shapes
+
+
+class DualEncoder(nn.Module):
+    """CLIP-style: an image tower and a text tower map into one joint space (chapter 4).
+
+    ``embed_images``/``embed_texts`` return L2-normalised embeddings (B, embed_dim); the learnable
+    logit scale starts at 1/0.07 and is clamped at 100 (see ``clamp_scale``, called after each
+    optimiser step, as OpenCLIP does).
+    """
+
+    def __init__(self, image_encoder: Encoder, text_encoder: Encoder, embed_dim: int = 64,
+                 init_scale: float = 1 / 0.07, max_scale: float = 100.0, learn_scale: bool = True):
+        super().__init__()
+        if not 0 < init_scale <= max_scale:
+            raise ValueError(f"need 0 < init_scale <= max_scale, got {init_scale} and {max_scale}")
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.image_proj = nn.Linear(image_encoder.dim, embed_dim, bias=False)
+        self.text_proj = nn.Linear(text_encoder.dim, embed_dim, bias=False)
+        self.log_scale = nn.Parameter(torch.tensor(float(torch.tensor(init_scale).log())), requires_grad=learn_scale)
+        self.max_scale = max_scale
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The logit scale (inverse temperature), never above ``max_scale``."""
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+    @torch.no_grad()
+    def clamp_scale(self) -> None:
+        """Keep log(scale) in [0, log(max_scale)] (call after each optimiser step)."""
+        self.log_scale.clamp_(0.0, float(torch.tensor(self.max_scale).log()))
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.image_proj(self.image_encoder(images)), dim=-1)
+
+    def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.text_proj(self.text_encoder(tokens)), dim=-1)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in ("image", "tokens"):
+            if key not in batch:
+                raise ValueError(f"a dual encoder needs the batch entries 'image' and 'tokens'; got {sorted(batch)}")
+        return self.embed_images(batch["image"]), self.embed_texts(batch["tokens"])

@@ -1,0 +1,161 @@
+"""mmlib.objectives, mmlib.metrics and DualEncoder: losses equal their formulas; metrics on hand-made inputs."""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mmlib.encoders import BagOfEmbeddings, ImageCNN
+from mmlib.metrics import (class_embeddings, linear_probe, load_checkpoint, modality_gap, recall_at_k,
+                           save_checkpoint, zero_shot_logits)
+from mmlib.models import DualEncoder
+from mmlib.objectives import (bag_of_words_loss, captioning_loss, clip_loss, itm_loss, sample_hard_negatives,
+                              siglip_loss)
+
+
+def clip_by_formula(a, b, scale):
+    """The CLIP loss written element by element, independently of the library."""
+    a = [x / x.norm() for x in a]
+    b = [y / y.norm() for y in b]
+    n = len(a)
+    s = [[scale * float(a[i] @ b[j]) for j in range(n)] for i in range(n)]
+    rows = sum(-s[i][i] + math.log(sum(math.exp(s[i][j]) for j in range(n))) for i in range(n)) / n
+    cols = sum(-s[j][j] + math.log(sum(math.exp(s[i][j]) for i in range(n))) for j in range(n)) / n
+    return (rows + cols) / 2
+
+
+def test_clip_loss_equals_its_formula_and_its_gradient():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 8, dtype=torch.float64, requires_grad=True), torch.randn(5, 8, dtype=torch.float64)
+    loss = clip_loss(a, b, scale=3.0)
+    assert loss.item() == pytest.approx(clip_by_formula(a.detach(), b, 3.0), rel=1e-9)
+    loss.backward()
+    numeric = torch.zeros_like(a)
+    for i in range(5):
+        for j in range(8):
+            e = torch.zeros_like(a); e[i, j] = 1e-6
+            numeric[i, j] = (clip_loss(a.detach() + e, b, 3.0) - clip_loss(a.detach() - e, b, 3.0)) / 2e-6
+    assert torch.allclose(a.grad, numeric, atol=1e-6)
+
+
+def test_clip_loss_is_symmetric_and_minimal_for_aligned_pairs():
+    torch.manual_seed(1)
+    a, b = torch.randn(6, 16), torch.randn(6, 16)
+    assert clip_loss(a, b).item() == pytest.approx(clip_loss(b, a).item(), rel=1e-6)
+    aligned = torch.eye(6, 16)
+    assert clip_loss(aligned, aligned, 100.0) < 1e-3 < clip_loss(aligned, aligned.roll(1, 0), 100.0)
+    assert clip_loss(aligned, aligned, 100.0) < clip_loss(a, b, 100.0)
+
+
+def test_siglip_loss_equals_its_formula():
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    total = 0.0
+    for i in range(4):
+        for j in range(4):
+            z = 1 if i == j else -1
+            total += -math.log(1 / (1 + math.exp(-z * (10.0 * float(an[i] @ bn[j]) - 10.0))))
+    assert siglip_loss(a, b, 10.0, -10.0).item() == pytest.approx(total / 4, rel=1e-9)
+    aligned = torch.eye(4, 8)
+    assert siglip_loss(aligned, aligned, 100.0, -10.0) < siglip_loss(a.float(), b.float(), 100.0, -10.0)
+
+
+@pytest.mark.parametrize("a,b,match", [
+    (torch.randn(4, 8), torch.randn(5, 8), "pair up one to one"),
+    (torch.randn(4, 8), torch.randn(4, 6), "pair up one to one"),
+    (torch.randn(4, 2, 8), torch.randn(4, 2, 8), r"\(batch, dim\)"),
+    (torch.randn(0, 8), torch.randn(0, 8), "empty batch"),
+])
+def test_losses_reject_bad_embeddings(a, b, match):
+    for loss in (clip_loss, siglip_loss):
+        with pytest.raises(ValueError, match=match):
+            loss(a, b)
+
+
+def test_hard_negatives_are_never_the_partner_and_follow_similarity():
+    logits = torch.tensor([[5.0, 4.0, -9.0], [0.0, 5.0, 0.0], [-9.0, 9.0, 1.0]])
+    picks = torch.stack([sample_hard_negatives(logits, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert (picks != torch.arange(3)).all()
+    assert (picks[:, 0] == 1).float().mean() > 0.95 and (picks[:, 2] == 1).float().mean() > 0.95
+    with pytest.raises(ValueError, match="square"):
+        sample_hard_negatives(torch.zeros(1, 1))
+
+
+def test_itm_bag_of_words_and_captioning_losses():
+    assert itm_loss(torch.tensor([10.0, -10.0]), torch.tensor([1, 0])) < 1e-3
+    tokens = torch.tensor([[4, 5, 0], [6, 6, 7]])
+    perfect = torch.full((2, 10), -30.0)
+    perfect[0, 4] = perfect[0, 5] = 0.0
+    perfect[1, 6], perfect[1, 7] = math.log(2), 0.0
+    best = bag_of_words_loss(perfect, tokens)
+    entropy = lambda *p: -sum(q * math.log(q) for q in p)  # noqa: E731  the loss of a perfect prediction
+    assert best == pytest.approx((entropy(0.5, 0.5) + entropy(2 / 3, 1 / 3)) / 2, abs=1e-4)
+    assert best < bag_of_words_loss(torch.zeros(2, 10), tokens)
+    logits = torch.zeros(2, 3, 10)
+    logits[0, 0, 4] = logits[0, 1, 5] = 50.0
+    logits[1, 0, 6] = logits[1, 1, 6] = logits[1, 2, 7] = 50.0
+    assert captioning_loss(logits, tokens) < 1e-6  # the padding position is ignored
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        captioning_loss(torch.zeros(2, 10), tokens)
+
+
+def test_recall_at_k_on_a_hand_made_matrix():
+    sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.0], [0.1, 0.2, 0.3]])
+    assert recall_at_k(sim, 1) == pytest.approx(2 / 3)
+    assert recall_at_k(sim, 2) == 1.0 and recall_at_k(sim.T, 1) == 1.0  # text 1 finds image 1
+    for k in (0, 4, 1.5):
+        with pytest.raises(ValueError, match="k must be"):
+            recall_at_k(sim, k)
+
+
+def test_zero_shot_with_prompt_ensembling_on_hand_made_embeddings():
+    table = {"a red thing": [1.0, 0.0], "a red shape": [0.8, 0.6], "a blue thing": [0.0, 1.0], "a blue shape": [0.6, 0.8]}
+    embed = lambda texts: torch.tensor([table[t] for t in texts])  # noqa: E731
+    classes = class_embeddings(embed, ["red", "blue"], ["a {} thing", "a {} shape"])
+    assert torch.allclose(classes[0], F.normalize(torch.tensor([0.9, 0.3]), dim=0))
+    logits = zero_shot_logits(torch.tensor([[1.0, 0.1], [0.0, 2.0]]), classes)
+    assert logits.argmax(1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="'\\{\\}'"):
+        class_embeddings(embed, ["red"], ["a red thing"])
+
+
+def test_modality_gap_and_linear_probe():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert modality_gap(a, b) == pytest.approx(math.sqrt(2)) and modality_gap(a, a) == 0
+    torch.manual_seed(3)
+    x = torch.randn(200, 5)
+    y = (x[:, 0] > 0).long()
+    probe = linear_probe(x, y, 2)
+    assert (probe(x).argmax(1) == y).float().mean() > 0.97
+
+
+def test_dual_encoder_embeddings_and_scale_clamp():
+    model = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
+    img, txt = model({"image": torch.rand(3, 3, 32, 32), "tokens": torch.tensor([[4, 5], [6, 0], [7, 8]])})
+    assert img.shape == txt.shape == (3, 8) and torch.allclose(img.norm(dim=1), torch.ones(3))
+    assert model.scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.log_scale.fill_(10.0)
+    assert model.scale.item() == 100.0
+    model.clamp_scale()
+    assert model.log_scale.item() == pytest.approx(math.log(100))
+    with pytest.raises(ValueError, match="'image' and 'tokens'"):
+        model({"image": torch.rand(3, 3, 32, 32)})
+
+
+def test_checkpoints_round_trip_and_fail_clearly(tmp_path):
+    model = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
+    path = save_checkpoint(model, tmp_path / "m.pt", steps=5)
+    other = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
+    assert load_checkpoint(other, path) == {"steps": 5}
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_checkpoint(DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=4), path)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(other, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(other, tmp_path / "missing.pt")
