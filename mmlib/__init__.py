@@ -10,6 +10,9 @@ Each module is named after the concept the book teaches with it:
 - ``mmlib.fusion``   -- seven fusion layers with one interface (chapter 3 compares them)
 - ``mmlib.models``   -- the four-layer MultimodalModel of chapter 2
 - ``mmlib.algorithms`` -- convolution, GRU cell and attention by hand (chapter 3)
+- ``mmlib.objectives`` -- CLIP, SigLIP, matching, bag-of-words and captioning losses (chapter 4)
+- ``mmlib.pretrain`` -- pretraining loop, the three objectives' models, zero-shot classification
+- ``mmlib.metrics``  -- recall@k, zero-shot logits, linear probe, modality gap, safe checkpoints
 - ``mmlib.plot``     -- the book's colours, figure style, image grids, sound plots, attention maps
 - ``mmlib.train``    -- seeding, device selection, ``fit``/``evaluate`` and the training History
 - ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers

@@ -80,6 +80,19 @@ class WorldDataset(torch.utils.data.Dataset):
         for start in range(0, stop, batch_size):
             yield self._batch(order[start:start + batch_size], device)
 
+    def subset(self, indices) -> "WorldDataset":
+        """A new dataset with only the given examples (in that order)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if index.numel() == 0:
+            raise ValueError("a subset needs at least one example")
+        if int(index.max()) >= len(self) or int(index.min()) < -len(self):
+            raise ValueError(f"index {int(index.max())} is out of range for a dataset of {len(self)}")
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return WorldDataset(self.images[index], {k: v[index] for k, v in self.labels.items()},
+                            [self.texts[i] for i in index.tolist()] if self.texts else [],
+                            pick(self.tokens), pick(self.lengths), pick(self.sounds),
+                            self.scenes[index.numpy()] if self.scenes is not None else None, self.tokenizer)
+
     def nbytes(self) -> int:
         """Memory held by the tensors of this dataset, in bytes."""
         tensors = [self.images, self.tokens, self.lengths, self.sounds, *self.labels.values()]
@@ -184,3 +197,18 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     if texts:
         tokens, lengths = tokenizer.batch(texts)
     return WorldDataset(images, labels, texts, tokens, lengths, sounds, scenes, tokenizer)
+
+
+def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``k`` examples of every class present in ``labels`` (seeded, balanced)."""
+    if not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k (examples per class) must be a positive integer, got {k!r}")
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < k:
+            raise ValueError(f"class {c} has only {len(members)} examples, fewer than k={k}: "
+                             "use a larger dataset or a smaller k")
+        picked.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.cat(picked)

@@ -111,11 +111,13 @@ class DualEncoder(nn.Module):
 
     ``embed_images``/``embed_texts`` return L2-normalised embeddings (B, embed_dim); the learnable
     logit scale starts at 1/0.07 and is clamped at 100 (see ``clamp_scale``, called after each
-    optimiser step, as OpenCLIP does).
+    optimiser step, as OpenCLIP does). ``bias`` is SigLIP's learnable logit bias (init -10; for
+    SigLIP also pass ``init_scale=10``).
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, embed_dim: int = 64,
-                 init_scale: float = 1 / 0.07, max_scale: float = 100.0, learn_scale: bool = True):
+                 init_scale: float = 1 / 0.07, max_scale: float = 100.0, learn_scale: bool = True,
+                 init_bias: float = -10.0):
         super().__init__()
         if not 0 < init_scale <= max_scale:
             raise ValueError(f"need 0 < init_scale <= max_scale, got {init_scale} and {max_scale}")
@@ -124,6 +126,7 @@ class DualEncoder(nn.Module):
         self.text_proj = nn.Linear(text_encoder.dim, embed_dim, bias=False)
         self.log_scale = nn.Parameter(torch.tensor(float(torch.tensor(init_scale).log())), requires_grad=learn_scale)
         self.max_scale = max_scale
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))  # used by the SigLIP loss only
 
     @property
     def scale(self) -> torch.Tensor:

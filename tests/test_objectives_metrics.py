@@ -159,3 +159,49 @@ def test_checkpoints_round_trip_and_fail_clearly(tmp_path):
         load_checkpoint(other, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no checkpoint"):
         load_checkpoint(other, tmp_path / "missing.pt")
+
+
+def test_few_shot_indices_are_balanced_seeded_and_checked():
+    from mmlib.data import few_shot_indices
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    idx = few_shot_indices(labels, 2, seed=1)
+    assert sorted(labels[idx].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(idx, few_shot_indices(labels, 2, seed=1))
+    with pytest.raises(ValueError, match="only 2 examples, fewer than k=3"):
+        few_shot_indices(labels, 3)
+    with pytest.raises(ValueError, match="positive integer"):
+        few_shot_indices(labels, 0)
+
+
+def test_pretraining_objectives_run_and_zero_shot_scores_have_the_right_shape():
+    from mmlib.data import make_dataset
+    from mmlib.pretrain import OBJECTIVES, make_pretraining_model, pretrain, zero_shot_scores
+
+    data = make_dataset("pairs", 64, seed=0)
+    pairs = [("red", "circle"), ("blue", "square"), ("green", "star")]
+    for objective in OBJECTIVES:
+        model = make_pretraining_model(objective, ImageCNN(16, channels=(8,)), data.tokenizer,
+                                       text_encoder=BagOfEmbeddings(len(data.tokenizer), 16), embed_dim=8)
+        history = pretrain(model, data, epochs=1, batch_size=16, progress=False, device="cpu",
+                           evaluate=lambda m: 0.5, eval_every=2)
+        assert len(history.loss) == 4 and all(math.isfinite(v) for v in history.loss)
+        assert [seen for seen, _ in history.evals] == [32, 64]
+        scores = zero_shot_scores(model, torch.rand(5, 3, 32, 32), pairs, data.tokenizer, templates=("a {}", "a small {}"))
+        assert scores.shape == (5, 3) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="unknown objective"):
+        make_pretraining_model("masking", ImageCNN(16, channels=(8,)), data.tokenizer)
+    with pytest.raises(ValueError, match="needs image-caption pairs"):
+        pretrain(model, make_dataset("attributes", 8), progress=False)
+
+
+def test_captioning_model_shifts_and_scores_captions():
+    from mmlib.pretrain import CaptioningModel
+
+    tokens = torch.tensor([[5, 6, 0], [7, 8, 9]])
+    inputs, targets = CaptioningModel.shift(tokens)
+    assert inputs.tolist() == [[2, 5, 6, 0], [2, 7, 8, 9]]
+    assert targets.tolist() == [[5, 6, 3, 0], [7, 8, 9, 3]]
+    model = CaptioningModel(ImageCNN(16, channels=(8,)), 12, dim=8).eval()
+    ll = model.log_likelihood(torch.rand(2, 3, 32, 32), tokens)
+    assert ll.shape == (2,) and (ll < 0).all()
