@@ -58,9 +58,13 @@ class CaptioningModel(nn.Module):
         self.gru = nn.GRU(2 * dim, dim, batch_first=True)
         self.out = nn.Linear(dim, vocab_size)
 
-    def forward(self, images: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def image_state(self, images: torch.Tensor) -> torch.Tensor:
+        """The image as the decoder sees it: (B, dim). Compute once, reuse for many captions."""
+        return self.image_proj(self.image_encoder(images))
+
+    def forward(self, images: torch.Tensor, inputs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V) for input tokens (B, T) (which start with <bos>)."""
-        image = self.image_proj(self.image_encoder(images))  # (B, dim)
+        image = self.image_state(images) if image is None else image  # (B, dim)
         words = self.embed(inputs)
         steps = torch.cat([words, image[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
         hidden, _ = self.gru(steps, image[None].contiguous())
@@ -75,10 +79,11 @@ class CaptioningModel(nn.Module):
         targets[torch.arange(len(tokens)), lengths] = eos_id
         return inputs, targets
 
-    def log_likelihood(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """log p(caption | image) for each pair, summed over the caption's tokens and <eos>: (B,)."""
+    def log_likelihood(self, images: torch.Tensor, tokens: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(caption | image) for each pair, summed over the caption's tokens and <eos>: (B,).
+        Pass ``image`` (from ``image_state``) to skip the image tower."""
         inputs, targets = self.shift(tokens)
-        logp = self(images, inputs).log_softmax(-1)
+        logp = self(images, inputs, image).log_softmax(-1)
         picked = logp.gather(2, targets[..., None])[..., 0]
         return (picked * (targets != 0)).sum(1)
 
@@ -224,15 +229,13 @@ def zero_shot_scores(model: nn.Module, images: torch.Tensor, pairs: Sequence[tup
         logp = torch.cat([model(images[i:i + batch_size]).log_softmax(-1) for i in range(0, len(images), batch_size)])
         return logp[:, word_ids].mean(-1)  # (N, C)
     if isinstance(model, CaptioningModel):
+        states = torch.cat([model.image_state(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
         scores = []
         for size in world.SIZES:
             prompts, _ = tokenizer.batch([f"a {size} {name}" for name in names])
             prompts = prompts.to(device)
-            per_class = []
-            for c in range(len(names)):
-                tokens = prompts[c:c + 1].expand(len(images), -1)
-                per_class.append(torch.cat([model.log_likelihood(images[i:i + batch_size], tokens[i:i + batch_size])
-                                            for i in range(0, len(images), batch_size)]))
+            per_class = [model.log_likelihood(images, prompts[c:c + 1].expand(len(images), -1), image=states)
+                         for c in range(len(names))]
             scores.append(torch.stack(per_class, dim=1))
         return torch.stack(scores).max(0).values
     raise ValueError(f"no zero-shot classifier for a {type(model).__name__}")
