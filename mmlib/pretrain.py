@@ -152,7 +152,7 @@ def pretrain(model: nn.Module, data, *, epochs: int = 5, batch_size: int = 256, 
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     history, seen, step = PretrainHistory(), 0, 0
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=0.5)
     for epoch in range(epochs):
         for batch in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device, drop_last=True):
             value = objective_loss(model, batch, loss)

@@ -114,7 +114,7 @@ def fit(model: nn.Module, data, target: str, *, epochs: int = 5, batch_size: int
                                                     pct_start=0.15)
     history = History()
     start = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or "training", disable=not progress, leave=False)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or "training", disable=not progress, leave=False, mininterval=0.5)
     for epoch in range(epochs):
         total_loss, correct = 0.0, 0
         for batch in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device):
