@@ -225,10 +225,38 @@ class CrossAttentionFusion(Fusion):
         return self.out(torch.cat(pooled, dim=1))
 
 
+class SingleStreamFusion(Fusion):
+    """Single-stream joint encoding (VisualBERT, UNITER): every modality's tokens, tagged with a
+    learned modality embedding, go through one Transformer together; the output is pooled."""
+
+    def __init__(self, dims, out_dim, heads: int = 4, depth: int = 1):
+        super().__init__(dims, out_dim)
+        width = max(self.dims)
+        if width % heads:
+            raise ValueError(f"the widest feature size {width} must be divisible by heads={heads}")
+        self.inp = nn.ModuleList(nn.Linear(d, width) for d in self.dims)
+        self.modality = nn.Parameter(torch.randn(len(self.dims), width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.Linear(width, out_dim), nn.ReLU())
+
+    def fuse(self, feats):
+        present = [(m, f) for m, f in enumerate(feats) if f is not None]
+        tokens = torch.cat([self.inp[m](f.tokens) + self.modality[m] for m, f in present], dim=1)
+        mask = torch.cat([f.mask for _, f in present], dim=1)
+        joint = self.encoder(tokens, src_key_padding_mask=~mask)
+        return self.out(masked_mean(joint, mask))
+
+
+JOINT_ENCODERS = ("single", "xattn")
+"""Transformer-style joint encoding: single-stream (one sequence) and two-stream (cross-attention)."""
+
+
 def make_fusion(name: str, dims: Sequence[int], out_dim: int, **options) -> Fusion:
-    """A fusion module by name: one of ``FUSIONS``."""
+    """A fusion module by name: one of ``FUSIONS``, or 'single' (single-stream joint encoding)."""
     classes = {"concat": ConcatFusion, "late": LateFusion, "gmu": GatedFusion, "tensor": TensorFusion,
-               "lowrank": LowRankFusion, "film": FiLMFusion, "xattn": CrossAttentionFusion}
+               "lowrank": LowRankFusion, "film": FiLMFusion, "xattn": CrossAttentionFusion,
+               "single": SingleStreamFusion}
     if name not in classes:
-        raise ValueError(f"unknown fusion {name!r}: expected one of {FUSIONS}")
+        raise ValueError(f"unknown fusion {name!r}: expected one of {FUSIONS + ('single',)}")
     return classes[name](dims, out_dim, **options)

@@ -81,7 +81,7 @@ def feats(dims, batch=4, n=6):
     return [Features(torch.randn(batch, d), torch.randn(batch, n, d), torch.ones(batch, n, dtype=torch.bool)) for d in dims]
 
 
-@pytest.mark.parametrize("name", FUSIONS)
+@pytest.mark.parametrize("name", FUSIONS + ("single",))
 @pytest.mark.parametrize("dims", [[16, 24], [16, 24, 8]])
 def test_every_fusion_parameter_receives_a_gradient(name, dims):
     fusion = make_fusion(name, dims, 12)
@@ -92,7 +92,7 @@ def test_every_fusion_parameter_receives_a_gradient(name, dims):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {pname} gets no gradient"
 
 
-@pytest.mark.parametrize("name", FUSIONS)
+@pytest.mark.parametrize("name", FUSIONS + ("single",))
 def test_every_fusion_copes_with_a_missing_modality(name):
     dims = [16, 24, 8]
     fusion = make_fusion(name, dims, 12)
@@ -234,3 +234,14 @@ def test_fit_and_evaluate_bad_arguments():
         fit(model, data, "color", epochs=0, progress=False)
     with pytest.raises(ValueError, match="no label 'match'"):
         evaluate(model, data, "match")
+
+
+def test_single_stream_sees_across_modalities_and_ignores_padding():
+    fusion = make_fusion("single", [16, 16], 12).eval()
+    f = feats([16, 16])
+    base = fusion(f)
+    changed = [f[0], Features(f[1].pooled, f[1].tokens + 1.0, f[1].mask)]
+    assert not torch.allclose(fusion(changed), base)  # modality 1's tokens reach the output
+    f[1].mask[:, 4:] = False
+    padded = [f[0], Features(f[1].pooled, torch.cat([f[1].tokens[:, :4], torch.randn(4, 2, 16)], 1), f[1].mask)]
+    assert torch.allclose(fusion(f), fusion(padded), atol=1e-5)  # padding tokens do not
