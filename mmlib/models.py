@@ -87,10 +87,12 @@ class MultimodalModel(nn.Module):
         inputs = self.input_layer(batch, missing)
         return [self.feature_extraction[m].encode(x) if x is not None else None for m, x in inputs.items()]
 
+    def fuse(self, feats: list) -> torch.Tensor:
+        """The fusion layer (with a single modality, its pooled features go straight through it)."""
+        return self.fusion(feats[0].pooled) if len(feats) == 1 else self.fusion(feats)
+
     def forward(self, batch: Mapping[str, torch.Tensor], missing: Iterable[str] = ()) -> torch.Tensor:
-        feats = self.features(batch, missing)
-        fused = self.fusion(feats[0].pooled) if len(feats) == 1 else self.fusion(feats)
-        return self.output(fused)
+        return self.output(self.fuse(self.features(batch, missing)))
 
     @torch.no_grad()
     def trace(self, batch: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
@@ -100,7 +102,7 @@ class MultimodalModel(nn.Module):
         for m, f in zip(self.modalities, feats):
             shapes[f"features: {m} (pooled)"] = tuple(f.pooled.shape)
             shapes[f"features: {m} (tokens)"] = tuple(f.tokens.shape)
-        fused = self.fusion(feats[0].pooled) if len(feats) == 1 else self.fusion(feats)
+        fused = self.fuse(feats)
         shapes["fusion"] = tuple(fused.shape)
         shapes["output"] = tuple(self.output(fused).shape)
         return shapes

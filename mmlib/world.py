@@ -172,11 +172,16 @@ class Scenes:
         return {(COLORS[c], self.shapes[s]) for c, s in zip(self.color[m], self.shape[m])}
 
 
+def _position_index(x, y):
+    """Index into POSITIONS of centres (scalars or arrays), in thirds of the image."""
+    col = (np.asarray(x) >= 1 / 3).astype(int) + (np.asarray(x) > 2 / 3)
+    row = (np.asarray(y) >= 1 / 3).astype(int) + (np.asarray(y) > 2 / 3)
+    return 3 * row + col
+
+
 def position_word(x: float, y: float) -> str:
     """Where a centre lies, in thirds of the image: 'top left', 'centre', 'bottom', ..."""
-    col = 0 if x < 1 / 3 else (2 if x > 2 / 3 else 1)
-    row = 0 if y < 1 / 3 else (2 if y > 2 / 3 else 1)
-    return POSITIONS[3 * row + col]
+    return POSITIONS[int(_position_index(x, y))]
 
 
 def default_held_out(shapes: tuple[str, ...] = SHAPES) -> frozenset[tuple[str, str]]:
@@ -362,9 +367,7 @@ def _object_phrase(rng, obj: dict, synonyms: bool) -> str:
 
 def position_words(scenes: Scenes) -> np.ndarray:
     """(n, k) array of position words (see ``position_word``), vectorised."""
-    col = (scenes.x >= 1 / 3).astype(int) + (scenes.x > 2 / 3)
-    row = (scenes.y >= 1 / 3).astype(int) + (scenes.y > 2 / 3)
-    return np.array(POSITIONS, dtype=object)[3 * row + col]
+    return np.array(POSITIONS, dtype=object)[_position_index(scenes.x, scenes.y)]
 
 
 def captions(scenes: Scenes, *, seed: int = 0, synonyms: bool = True, vary_order: bool = True,
