@@ -137,3 +137,37 @@ def show_attention(image, weights, words, grid: int, title: str | None = None):
         fig.suptitle(title, fontweight="bold", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+STRATEGY_STYLE = {
+    "linear_probe": dict(color="#4C72B0", marker="o", label="linear probe (frozen)"),
+    "fine_tune": dict(color="#DD8452", marker="s", label="fine-tune"),
+    "lp_ft": dict(color="#55A868", marker="^", label="LP-FT"),
+    "scratch": dict(color="#8C8C8C", marker="x", label="from scratch"),
+}
+"""One look per transfer strategy (chapter 5)."""
+
+
+def plot_transfer(table: dict, ax=None, title: str | None = None, chance: float | None = None):
+    """Accuracy against labels per class (log axis) for each strategy of ``table``
+    (strategy -> k -> accuracy, as ``mmlib.transfer.compare_strategies`` returns); a
+    ``'zero_shot'`` entry (k = 0) is drawn as a dashed horizontal line."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.6))
+    ks = sorted({k for s, row in table.items() if s != "zero_shot" for k in row})
+    for strategy, row in table.items():
+        if strategy == "zero_shot":
+            ax.axhline(row[0], color="#C44E52", ls="--", label="zero-shot (no labels)")
+            continue
+        style = STRATEGY_STYLE.get(strategy, dict(marker="o", label=strategy))
+        ax.plot(sorted(row), [row[k] for k in sorted(row)], **style)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+    ax.set(xscale="log", xlabel="labelled examples per class (log scale)", ylabel="test accuracy", ylim=(0, 1.02))
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure

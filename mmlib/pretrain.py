@@ -33,6 +33,10 @@ PROMPT_TEMPLATES = tuple(f"a {size} {{}} {where}" for size in world.SIZES
 """Prompt templates for zero-shot classification; '{}' becomes e.g. 'red circle'. Like CLIP's
 per-dataset prompts, they say what captions in this world say: every size and position (18)."""
 
+CHINESE_PROMPT_TEMPLATES = tuple(f"一个{world.ZH_SIZES[size]}的{{}}在{world.ZH_POSITIONS[where]}"
+                                 for size in world.SIZES for where in world.POSITIONS)
+"""The same 18 prompts in Chinese, worded as ``world.chinese_captions`` words them: '一个小的{}在左边'."""
+
 
 class BagOfWordsModel(nn.Module):
     """Image tower -> scores over the vocabulary: which words will the caption contain?"""
@@ -190,15 +194,19 @@ def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], float]) -> float
 # Zero-shot classification
 # ---------------------------------------------------------------------------------------------
 
-def class_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """'red circle' for ('red', 'circle')."""
-    return [f"{c} {s}" for c, s in pairs]
+def class_names(pairs: Sequence[tuple[str, str]], language: str = "en") -> list[str]:
+    """'red circle' (or '红色圆形' with language='zh') for ('red', 'circle')."""
+    if language == "en":
+        return [f"{c} {s}" for c, s in pairs]
+    if language == "zh":
+        return [world.ZH_COLORS[c] + world.ZH_SHAPES[s] for c, s in pairs]
+    raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
 
 
 @torch.no_grad()
 def zero_shot_scores(model: nn.Module, images: torch.Tensor, pairs: Sequence[tuple[str, str]],
-                     tokenizer: Tokenizer, templates: Sequence[str] = PROMPT_TEMPLATES,
-                     batch_size: int = 500, aggregate: str = "marginal") -> torch.Tensor:
+                     tokenizer: Tokenizer, templates: Sequence[str] | None = None,
+                     batch_size: int = 500, aggregate: str = "marginal", language: str = "en") -> torch.Tensor:
     """Scores (N, C) of each image for each (colour, shape) class, from text alone.
 
     contrastive, aggregate='mean': cosine similarity to the class embedding averaged over the
@@ -208,11 +216,18 @@ def zero_shot_scores(model: nn.Module, images: torch.Tensor, pairs: Sequence[tup
                  (size, position);
     bag of words: mean log-probability of the class's words;
     captioning:   best log-likelihood of 'a {size} {colour} {shape}' over the two sizes.
+
+    language='zh' names the classes in Chinese, with ``CHINESE_PROMPT_TEMPLATES`` unless
+    ``templates`` are given (contrastive models only).
     """
     from mmlib.metrics import class_embeddings, zero_shot_logits
 
     device = next(model.parameters()).device
-    names = class_names(pairs)
+    names = class_names(pairs, language)
+    if templates is None:
+        templates = PROMPT_TEMPLATES if language == "en" else CHINESE_PROMPT_TEMPLATES
+    if language != "en" and not isinstance(model, DualEncoder):
+        raise ValueError(f"Chinese prompts need a contrastive model, not a {type(model).__name__}")
     images = images.to(device)
     if isinstance(model, DualEncoder):
         def embed(texts):
@@ -242,7 +257,8 @@ def zero_shot_scores(model: nn.Module, images: torch.Tensor, pairs: Sequence[tup
 
 
 def zero_shot_accuracy(model: nn.Module, data, pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer,
-                       templates: Sequence[str] = PROMPT_TEMPLATES, aggregate: str = "marginal") -> float:
+                       templates: Sequence[str] | None = None, aggregate: str = "marginal",
+                       language: str = "en") -> float:
     """Accuracy of zero-shot classification of ``data``'s images into the (colour, shape) ``pairs``."""
     index = {pair: i for i, pair in enumerate(pairs)}
     objs = [(world.COLORS[c], data.scenes.shapes[s]) for c, s in zip(data.scenes.color[:, 0], data.scenes.shape[:, 0])]
@@ -250,5 +266,6 @@ def zero_shot_accuracy(model: nn.Module, data, pairs: Sequence[tuple[str, str]],
     if missing:
         raise ValueError(f"the images contain classes that are not among the candidates: {sorted(missing)[:3]}")
     labels = torch.tensor([index[o] for o in objs])
-    scores = zero_shot_scores(model, data.images.float() / 255, pairs, tokenizer, templates, aggregate=aggregate)
+    scores = zero_shot_scores(model, data.images.float() / 255, pairs, tokenizer, templates, aggregate=aggregate,
+                              language=language)
     return (scores.argmax(1).cpu() == labels).float().mean().item()
