@@ -269,3 +269,9 @@ def zero_shot_accuracy(model: nn.Module, data, pairs: Sequence[tuple[str, str]],
     scores = zero_shot_scores(model, data.images.float() / 255, pairs, tokenizer, templates, aggregate=aggregate,
                               language=language)
     return (scores.argmax(1).cpu() == labels).float().mean().item()
+
+
+if __name__ == "__main__":  # python -m mmlib.pretrain ...  (and torchrun -m mmlib.pretrain ...)
+    from mmlib.distributed import main
+
+    raise SystemExit(main())
