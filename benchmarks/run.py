@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXTRA_BENCHMARKS: list[str] = ["world.py", "train.py"]  # scripts beside this one that print rows of their own
+EXTRA_BENCHMARKS: list[str] = ["world.py", "train.py", "ddp.py"]  # scripts beside this one that print rows of their own
 
 
 def run_one(path: Path) -> dict:

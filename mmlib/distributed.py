@@ -249,6 +249,26 @@ def train(config: Config) -> dict:
             dist.destroy_process_group()
 
 
+def launch(*args: str, processes: int = 1) -> dict:
+    """Run ``python -m mmlib.pretrain *args`` as a separate job: one process, or ``processes`` under
+    torchrun (``python -m torch.distributed.run``, the same launcher as the ``torchrun`` command).
+    Returns the run's history (loss per step, images per second). Raises with the job's own error
+    message if it fails."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        history = Path(tmp) / "history.json"
+        launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+                    if processes > 1 else [sys.executable])
+        command = launcher + ["-m", "mmlib.pretrain", *args, "--history", str(history), "--no-progress"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:])} failed:\n{done.stderr[-3000:]}")
+        return json.loads(history.read_text())
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", description=(
         "Contrastive (CLIP) pretraining on the book's world, on one process or under "
