@@ -3,7 +3,7 @@
 Run it as one process, or as N with ``torchrun``; the code is the same::
 
     python -m mmlib.pretrain --pairs 20000 --steps 200 --out clip.pt
-    torchrun --nproc_per_node=2 -m mmlib.pretrain --pairs 20000 --steps 200 --out clip.pt
+    torchrun --standalone --nproc_per_node=2 -m mmlib.pretrain --pairs 20000 --steps 200 --out clip.pt
 
 Every process builds the same seeded dataset and takes its own slice of every *global* batch
 (rank r gets rows r*b .. (r+1)*b - 1 of each batch of N*b), so N processes see exactly the batches
@@ -259,7 +259,7 @@ def launch(*args: str, processes: int = 1) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         history = Path(tmp) / "history.json"
-        launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                     if processes > 1 else [sys.executable])
         command = launcher + ["-m", "mmlib.pretrain", *args, "--history", str(history), "--no-progress"]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}

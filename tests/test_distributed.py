@@ -66,7 +66,8 @@ def test_gather_without_a_process_group_is_the_identity():
 
 
 def run_cli(*args, processes=1, cwd=None):
-    command = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m", "mmlib.pretrain"]
+    command = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "mmlib.pretrain"]
                if processes > 1 else [sys.executable, "-m", "mmlib.pretrain"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command + list(args) + ["--no-progress"], capture_output=True, text=True, env=env,
