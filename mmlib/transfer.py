@@ -161,7 +161,6 @@ def adapt(encoder: Encoder, data, target: str, n_classes: int, strategy: str, *,
     if strategy in ("linear_probe", "lp_ft"):
         probe = linear_probe(extract_features(encoder, data, key, device=device), labels, n_classes, l2=l2)
         model.head.load_state_dict(probe.state_dict())
-        model.head.requires_grad_(True)
     if strategy == "linear_probe":
         freeze(model.encoder)
         return model.eval()
