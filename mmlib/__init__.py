@@ -3,6 +3,7 @@
 Each module is named after the concept the book teaches with it:
 
 - ``mmlib.history``  -- the timeline of multimodal models as validated data (chapter 1)
+- ``mmlib.spectrogram`` -- sound as an image: the log-mel spectrogram
 - ``mmlib.world``    -- the procedural world: scenes as images, captions and sounds (chapter *world*)
 - ``mmlib.text``     -- the tokenizer for the world's captions
 - ``mmlib.data``     -- datasets per task, with i.i.d. and compositional splits
@@ -24,6 +25,14 @@ REPOSITORY = "https://github.com/multimodal-book/multimodal-large-models"
 """The book's repository: the README, the Colab launch button and each notebook's install cell
 use this URL (a test keeps them in step)."""
 
-from mmlib.notebook import setup  # noqa: E402  (re-exported: ``device = mmlib.setup(seed=0)``)
-
 __all__ = ["REPOSITORY", "setup", "__version__"]
+
+
+def setup(seed: int = 0, verbose: bool = True):
+    """Seed everything, choose the device, set the book's figure style; return the device.
+
+    The first line of every chapter (``device = mmlib.setup(seed=0)``); see ``mmlib.notebook``.
+    Imported here on first call, so that ``import mmlib.world`` stays light."""
+    from mmlib.notebook import setup as _setup
+
+    return _setup(seed, verbose)

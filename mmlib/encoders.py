@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmlib.world import SAMPLE_RATE, log_mel_spectrogram
+from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram
 
 
 @dataclass

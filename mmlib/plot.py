@@ -96,7 +96,7 @@ def show_sound(wave, sample_rate: int, title: str | None = None, n_mels: int = 3
     import matplotlib.pyplot as plt
     import torch
 
-    from mmlib.world import log_mel_spectrogram
+    from mmlib.spectrogram import log_mel_spectrogram
 
     wave = torch.as_tensor(wave).flatten().float().cpu()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4), sharex=True)

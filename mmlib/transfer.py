@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmlib.encoders import Encoder, Features
 from mmlib.metrics import linear_probe
-from mmlib.world import SAMPLE_RATE, log_mel_spectrogram
+from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram
 
 STRATEGIES = ("linear_probe", "fine_tune", "lp_ft", "scratch")
 
