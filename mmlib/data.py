@@ -33,6 +33,12 @@ SPLITS = ("train", "test", "heldout")
 ANSWERS = world.COLORS + world.ALL_SHAPES + world.SIZES + world.NUMBER_WORDS[1:] + ("yes", "no")
 """Every answer a question can have; a QA model classifies into these."""
 
+IMAGE, TOKENS, LENGTHS, SOUND = "image", "tokens", "lengths", "sound"
+BATCH_KEYS = {"image": IMAGE, "text": TOKENS, "audio": SOUND}
+"""The batch contract: which entry of a batch holds which modality (images (B, 3, S, S) floats in
+[0, 1]; token ids (B, L) with 0 as padding, and their ``lengths``; waveforms (B, samples)). Every
+batch also carries the dataset's labels under their own names ('color', 'match', 'answer', ...)."""
+
 _SPLIT_SEED = {"train": 0, "test": 1_000_003, "heldout": 2_000_003}
 
 
@@ -53,15 +59,20 @@ class WorldDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return self._batch(torch.as_tensor([i]), squeeze=True)
+        return self.batch(torch.as_tensor([i]), squeeze=True)
 
-    def _batch(self, index: torch.Tensor, device=None, squeeze: bool = False) -> dict:
-        out = {"image": self.images[index].float().div_(255)}
+    def batch(self, index, device=None, squeeze: bool = False) -> dict:
+        """The examples at ``index`` as one batch: a dict with the keys of ``BATCH_KEYS`` that this
+        dataset has, plus its labels. Images become floats in [0, 1]."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.numel() == 0:
+            raise ValueError("a batch needs at least one example")
+        out = {IMAGE: self.images[index].float().div_(255)}
         if self.tokens is not None:
             longest = int(self.lengths[index].max())
-            out["tokens"], out["lengths"] = self.tokens[index, :longest], self.lengths[index]
+            out[TOKENS], out[LENGTHS] = self.tokens[index, :longest], self.lengths[index]
         if self.sounds is not None:
-            out["sound"] = self.sounds[index]
+            out[SOUND] = self.sounds[index]
         out.update({name: value[index] for name, value in self.labels.items()})
         if squeeze:
             out = {k: v[0] for k, v in out.items()}
@@ -72,13 +83,47 @@ class WorldDataset(torch.utils.data.Dataset):
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, device=None,
                 drop_last: bool = False) -> Iterator[dict]:
         """Yield batches (dicts of tensors) by slicing the stored tensors: no per-item collation."""
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle \
-            else torch.arange(len(self))
+        self.steps_per_epoch(batch_size)  # checks batch_size
+        order = self._order(seed) if shuffle else torch.arange(len(self))
         stop = len(self) - batch_size + 1 if drop_last else len(self)
         for start in range(0, stop, batch_size):
-            yield self._batch(order[start:start + batch_size], device)
+            yield self.batch(order[start:start + batch_size], device)
+
+    def _order(self, seed: int) -> torch.Tensor:
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        """How many batches of ``batch_size`` make one pass over the data."""
+        if not isinstance(batch_size, int) or not 0 < batch_size:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if drop_last and batch_size > len(self):
+            raise ValueError(f"the batch size {batch_size} is larger than the dataset ({len(self)} examples)")
+        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+    def stream(self, batch_size: int, *, seed: int = 0, start: int = 0, drop_last: bool = False,
+               rank: int = 0, world_size: int = 1, device=None) -> Iterator[dict]:
+        """Batches for a training loop counted in steps: endless, from step ``start`` on.
+
+        Epoch e is shuffled with seed ``seed * 1000 + e`` (the order of ``batches(seed=...)``), so
+        the batch of any step is a function of the step alone: a resumed run sees exactly the
+        batches an uninterrupted run would. With ``world_size`` processes, ``batch_size`` is the
+        global batch and each process gets its ``rank``'s slice of it (chapter 6)."""
+        per_epoch = self.steps_per_epoch(batch_size, drop_last)
+        if world_size > 1 and (not drop_last or batch_size % world_size):
+            raise ValueError(f"with {world_size} processes the global batch size ({batch_size}) must be a "
+                             f"multiple of {world_size} and drop_last=True, so every process gets a full share")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        local = batch_size // world_size
+        step, order, epoch = start, None, None
+        while True:
+            if step // per_epoch != epoch:
+                epoch = step // per_epoch
+                order = self._order(seed * 1000 + epoch)
+            first = (step % per_epoch) * batch_size
+            rows = order[first:first + batch_size]
+            yield self.batch(rows[rank * local:(rank + 1) * local] if world_size > 1 else rows, device)
+            step += 1
 
     def subset(self, indices) -> "WorldDataset":
         """A new dataset with only the given examples (in that order)."""

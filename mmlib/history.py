@@ -8,12 +8,19 @@ without a source cannot enter the timeline.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
+import html
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+
+from mmlib.plot import MODALITY_COLORS, OPENAI_COLOR, combination_color
 
 MODALITIES = ("text", "image", "audio", "video")
 """The modalities the timeline knows, in the book's canonical order."""
@@ -160,8 +167,6 @@ class Timeline(Sequence):
         for event in self._events:
             if event.name == name:
                 return event
-        import difflib
-
         names = [e.name for e in self._events]
         close = [n for n in names if name.lower() in n.lower() or n.lower() in name.lower()]
         close += [n for n in difflib.get_close_matches(name, names, n=3) if n not in close]
@@ -186,8 +191,6 @@ class Timeline(Sequence):
 
     def _repr_html_(self) -> str:
         """A compact, scrollable table for notebooks and the book."""
-        import html
-
         cell = "<td style='text-align:left;vertical-align:top;padding:2px 6px'>{}</td>"
         head = "".join(f"<th style='text-align:left;padding:2px 6px'>{h}</th>" for h in
                        ("date", "event", "organisation", "modalities", "why it matters", "source"))
@@ -344,11 +347,6 @@ def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
     The years before ``split_year`` are few and far apart, so they get a narrower panel of their
     own (a broken time axis). Labels are packed into lanes so that none overlaps. Returns the figure.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    from mmlib.plot import OPENAI_COLOR, combination_color
-
     width_in, ratios = 11.0, (1.3, 2.6)
     first, last = timeline[0].decimal_year, timeline[-1].decimal_year
     spans = ((first - 1.5, split_year), (split_year, last + 1.6))
@@ -400,10 +398,6 @@ def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
 
 def plot_modality_matrix(timeline: Timeline, ax=None):
     """A dot per (event, modality): one glance shows models going from one modality to many."""
-    import matplotlib.pyplot as plt
-
-    from mmlib.plot import MODALITY_COLORS, OPENAI_COLOR
-
     events = [e for e in timeline if e.modalities]
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 0.23 * len(events) + 1.4))

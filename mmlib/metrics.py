@@ -1,9 +1,8 @@
 """Evaluation of joint embeddings (chapter 4): retrieval, zero-shot classification, linear probes,
-the modality gap; plus safe checkpoints."""
+the modality gap."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -78,30 +77,3 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, l
 
     optimizer.step(closure)
     return probe.requires_grad_(False)
-
-
-def save_checkpoint(model: torch.nn.Module, path: str | Path, **metadata) -> Path:
-    """Save the model's weights and plain metadata (numbers, strings) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "metadata": metadata, "format": "mmlib-1"}, path)
-    return path
-
-
-def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
-    """Load weights saved by ``save_checkpoint`` into ``model`` (safely: ``weights_only=True``).
-    Returns the metadata. A missing, corrupted or mismatched file raises a ValueError."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(blob, dict) or blob.get("format") != "mmlib-1":
-        raise ValueError(f"{path} was not written by mmlib.metrics.save_checkpoint")
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint {path} does not fit this model: {err}") from None
-    return blob["metadata"]

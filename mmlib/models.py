@@ -1,5 +1,13 @@
-"""The source article's four-layer architecture (§2.1) as one module: input -> feature extraction
--> fusion -> output. Chapter 2 builds it layer by layer; chapter 3 swaps its parts.
+"""The book's models. Chapter 2's four-layer ``MultimodalModel`` (the source article's §2.1: input
+-> feature extraction -> fusion -> output; chapter 3 swaps its parts), and chapter 4's pretraining
+models, one per objective, all around the same image tower:
+
+- ``DualEncoder``: CLIP-style image and text towers in one joint space (CLIP or SigLIP loss);
+- ``BagOfWordsModel``: predicts the caption's words from the image;
+- ``CaptioningModel``: writes the caption word by word, seeing the image at every step.
+
+A pretraining model owns its loss: ``model.loss(batch)`` returns a dict of named terms whose
+``'loss'`` entry the training loop (``mmlib.train.train``) minimises.
 """
 
 from __future__ import annotations
@@ -9,11 +17,14 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from mmlib import objectives
+from mmlib.data import BATCH_KEYS, IMAGE, TOKENS
+from mmlib.distributed import gather
 from mmlib.encoders import Encoder
 from mmlib.fusion import Fusion, make_fusion
+from mmlib.text import Tokenizer
 
-BATCH_KEYS = {"image": "image", "text": "tokens", "audio": "sound"}
-"""Which entry of a batch (see ``mmlib.data``) feeds which modality."""
+CONTRASTIVE_LOSSES = ("clip", "siglip")
 
 
 class InputLayer(nn.Module):
@@ -111,24 +122,31 @@ class MultimodalModel(nn.Module):
 class DualEncoder(nn.Module):
     """CLIP-style: an image tower and a text tower map into one joint space (chapter 4).
 
-    ``embed_images``/``embed_texts`` return L2-normalised embeddings (B, embed_dim); the learnable
-    logit scale starts at 1/0.07 and is clamped at 100 (see ``clamp_scale``, called after each
-    optimiser step, as OpenCLIP does). ``bias`` is SigLIP's learnable logit bias (init -10; for
-    SigLIP also pass ``init_scale=10``).
+    ``embed_images``/``embed_texts`` return L2-normalised embeddings (B, embed_dim). ``loss``:
+    'clip' (softmax over the batch; the learnable logit scale starts at 1/0.07) or 'siglip' (a
+    sigmoid per pair; scale 10 and a learnable bias -10, Zhai et al. 2023). The scale is clamped
+    at ``max_scale`` after every optimiser step (``after_step``), as OpenCLIP does. Under
+    ``torchrun`` the loss gathers every process's embeddings: the negatives of the global batch.
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, embed_dim: int = 64,
-                 init_scale: float = 1 / 0.07, max_scale: float = 100.0, learn_scale: bool = True,
-                 init_bias: float = -10.0):
+                 loss: str = "clip", init_scale: float | None = None, max_scale: float = objectives.CLIP_MAX_SCALE,
+                 learn_scale: bool = True, init_bias: float = objectives.SIGLIP_INIT_BIAS):
         super().__init__()
+        if loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"unknown contrastive loss {loss!r}: expected one of {CONTRASTIVE_LOSSES}")
+        if init_scale is None:
+            init_scale = objectives.CLIP_INIT_SCALE if loss == "clip" else objectives.SIGLIP_INIT_SCALE
         if not 0 < init_scale <= max_scale:
             raise ValueError(f"need 0 < init_scale <= max_scale, got {init_scale} and {max_scale}")
+        self.loss_name = loss
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_proj = nn.Linear(image_encoder.dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_encoder.dim, embed_dim, bias=False)
         self.log_scale = nn.Parameter(torch.tensor(float(torch.tensor(init_scale).log())), requires_grad=learn_scale)
         self.max_scale = max_scale
-        self.bias = nn.Parameter(torch.tensor(float(init_bias)))  # used by the SigLIP loss only
+        # SigLIP's logit bias; a CLIP model never uses it, so it does not learn there.
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)), requires_grad=loss == "siglip")
 
     @property
     def scale(self) -> torch.Tensor:
@@ -137,8 +155,12 @@ class DualEncoder(nn.Module):
 
     @torch.no_grad()
     def clamp_scale(self) -> None:
-        """Keep log(scale) in [0, log(max_scale)] (call after each optimiser step)."""
+        """Keep log(scale) in [0, log(max_scale)]."""
         self.log_scale.clamp_(0.0, float(torch.tensor(self.max_scale).log()))
+
+    def after_step(self) -> None:
+        """Called by the training loop after each optimiser step."""
+        self.clamp_scale()
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.image_proj(self.image_encoder(images)), dim=-1)
@@ -147,7 +169,86 @@ class DualEncoder(nn.Module):
         return nn.functional.normalize(self.text_proj(self.text_encoder(tokens)), dim=-1)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        for key in ("image", "tokens"):
-            if key not in batch:
-                raise ValueError(f"a dual encoder needs the batch entries 'image' and 'tokens'; got {sorted(batch)}")
-        return self.embed_images(batch["image"]), self.embed_texts(batch["tokens"])
+        """(image embeddings, text embeddings) of a batch of pairs."""
+        _require(batch, (IMAGE, TOKENS), "a dual encoder")
+        return self.embed_images(batch[IMAGE]), self.embed_texts(batch[TOKENS])
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The contrastive loss over the (global) batch, and the current logit scale."""
+        image_emb, text_emb = (gather(e) for e in self(batch))
+        if self.loss_name == "clip":
+            value = objectives.clip_loss(image_emb, text_emb, self.scale)
+        else:
+            value = objectives.siglip_loss(image_emb, text_emb, self.scale, self.bias)
+        return {"loss": value, "scale": self.scale.detach()}
+
+
+class BagOfWordsModel(nn.Module):
+    """Image tower -> scores over the vocabulary: which words will the caption contain?"""
+
+    def __init__(self, image_encoder: Encoder, tokenizer: Tokenizer):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.head = nn.Linear(image_encoder.dim, len(tokenizer))
+        self.special_ids = tokenizer.special_ids
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.image_encoder(images))  # (B, V)
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _require(batch, (IMAGE, TOKENS), "a bag-of-words model")
+        return {"loss": objectives.bag_of_words_loss(self(batch[IMAGE]), batch[TOKENS], self.special_ids)}
+
+
+class CaptioningModel(nn.Module):
+    """Image tower + a GRU decoder that sees the image embedding at every step (concatenated to each
+    word embedding), so that it cannot learn to ignore the image after the first word."""
+
+    def __init__(self, image_encoder: Encoder, tokenizer: Tokenizer, dim: int = 64):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.pad_id, self.bos_id, self.eos_id = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+        self.embed = nn.Embedding(len(tokenizer), dim, padding_idx=self.pad_id)
+        self.image_proj = nn.Linear(image_encoder.dim, dim)
+        self.gru = nn.GRU(2 * dim, dim, batch_first=True)
+        self.out = nn.Linear(dim, len(tokenizer))
+
+    def image_state(self, images: torch.Tensor) -> torch.Tensor:
+        """The image as the decoder sees it: (B, dim). Compute once, reuse for many captions."""
+        return self.image_proj(self.image_encoder(images))
+
+    def forward(self, images: torch.Tensor, inputs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V) for input tokens (B, T) (which start with <bos>)."""
+        image = self.image_state(images) if image is None else image  # (B, dim)
+        words = self.embed(inputs)
+        steps = torch.cat([words, image[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
+        hidden, _ = self.gru(steps, image[None].contiguous())
+        return self.out(hidden)
+
+    def shift(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: inputs are <bos> + caption, targets are caption + <eos> (padding stays)."""
+        lengths = (tokens != self.pad_id).sum(1)
+        inputs = torch.cat([torch.full_like(tokens[:, :1], self.bos_id), tokens], dim=1)
+        targets = torch.cat([tokens, torch.full_like(tokens[:, :1], self.pad_id)], dim=1)
+        targets[torch.arange(len(tokens)), lengths] = self.eos_id
+        return inputs, targets
+
+    def log_likelihood(self, images: torch.Tensor, tokens: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(caption | image) for each pair, summed over the caption's tokens and <eos>: (B,).
+        Pass ``image`` (from ``image_state``) to skip the image tower."""
+        inputs, targets = self.shift(tokens)
+        logp = self(images, inputs, image).log_softmax(-1)
+        picked = logp.gather(2, targets[..., None])[..., 0]
+        return (picked * (targets != self.pad_id)).sum(1)
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _require(batch, (IMAGE, TOKENS), "a captioning model")
+        inputs, targets = self.shift(batch[TOKENS])
+        return {"loss": objectives.captioning_loss(self(batch[IMAGE], inputs), targets, self.pad_id)}
+
+
+def _require(batch: Mapping, keys: tuple[str, ...], who: str) -> None:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"{who} needs the batch entries {list(keys)}; got {sorted(batch)} "
+                         "(make the data with make_dataset('pairs', ...))")

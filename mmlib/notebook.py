@@ -7,10 +7,12 @@ installed, the fallback below simply shows the value, so the same notebook runs 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
+import mmlib
 from mmlib.plot import use_book_style
 from mmlib.train import default_device, seed_everything
 
@@ -38,16 +40,12 @@ def setup(seed: int = 0, verbose: bool = True) -> torch.device:
     use_book_style()
     device = default_device()
     if verbose:
-        import mmlib
-
         print(f"mmlib {mmlib.__version__} | torch {torch.__version__} | device: {device} | seed: {seed}")
     return device
 
 
 def show_source(obj) -> Any:
     """Display the source code of a function or class from mmlib, highlighted (chapter 3)."""
-    import inspect
-
-    from IPython.display import Code
+    from IPython.display import Code  # IPython comes with Jupyter, not with mmlib: import on use
 
     return Code(inspect.getsource(obj), language="python")

@@ -12,7 +12,7 @@ Each is testable on random tensors. Formulas and constants (see the bibliography
 
 from __future__ import annotations
 
-import math
+from typing import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -21,8 +21,10 @@ CLIP_INIT_SCALE = 1 / 0.07
 """CLIP initialises its learnable logit scale (inverse temperature) to 1/0.07 ..."""
 CLIP_MAX_SCALE = 100.0
 """... and clips it at 100."""
-SIGLIP_INIT_LOG_SCALE = math.log(10.0)
+SIGLIP_INIT_SCALE = 10.0
+"""SigLIP starts its scale at 10 ..."""
 SIGLIP_INIT_BIAS = -10.0
+"""... and its learnable bias at -10, so that the many negative pairs start with a small loss."""
 
 
 def _check_pair(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
@@ -76,23 +78,25 @@ def itm_loss(match_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(match_logits, labels.float())
 
 
-def bag_of_words_targets(tokens: torch.Tensor, vocab_size: int, ignore: tuple[int, ...] = (0, 1, 2, 3)) -> torch.Tensor:
-    """(B, L) token ids -> (B, V) distribution over the caption's words (specials ignored)."""
+def bag_of_words_targets(tokens: torch.Tensor, vocab_size: int, ignore: Sequence[int]) -> torch.Tensor:
+    """(B, L) token ids -> (B, V) distribution over the caption's words; the ids in ``ignore``
+    (the tokenizer's ``special_ids``: padding, <unk>, <bos>, <eos>) do not count."""
     counts = torch.zeros(len(tokens), vocab_size, device=tokens.device)
     counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=counts.dtype))
     counts[:, list(ignore)] = 0
     return counts / counts.sum(1, keepdim=True).clamp_min(1)
 
 
-def bag_of_words_loss(word_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between predicted word scores (B, V) and the caption's bag of words."""
+def bag_of_words_loss(word_logits: torch.Tensor, tokens: torch.Tensor, ignore: Sequence[int]) -> torch.Tensor:
+    """Cross-entropy between predicted word scores (B, V) and the caption's bag of words (the ids
+    in ``ignore`` left out)."""
     if word_logits.dim() != 2 or len(word_logits) != len(tokens):
         raise ValueError(f"expected word logits (B, V) for {len(tokens)} captions, got {tuple(word_logits.shape)}")
-    targets = bag_of_words_targets(tokens, word_logits.shape[1])
+    targets = bag_of_words_targets(tokens, word_logits.shape[1], ignore)
     return -(targets * word_logits.log_softmax(-1)).sum(1).mean()
 
 
-def captioning_loss(token_logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+def captioning_loss(token_logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
     """-mean_t log p(w_t | w_<t, image): logits (B, T, V) against targets (B, T), padding ignored."""
     if token_logits.dim() != 3 or token_logits.shape[:2] != targets.shape:
         raise ValueError(f"expected logits (B, T, V) matching targets (B, T), got {tuple(token_logits.shape)} "

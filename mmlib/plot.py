@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 
 import matplotlib as mpl
+import matplotlib.pyplot as plt
+import torch
+
+from mmlib.spectrogram import log_mel_spectrogram
 
 MODALITY_COLORS = {
     "text": "#4C72B0",  # blue
@@ -66,10 +71,6 @@ def use_book_style() -> None:
 
 def show_images(images, captions=None, ncols: int = 6, title: str | None = None, width: float = 1.7):
     """A grid of images (tensor (n, 3, H, W) in [0, 1]) with their captions underneath."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (n, 3, H, W), got {tuple(images.shape)}")
     n = len(images)
@@ -93,11 +94,6 @@ def show_images(images, captions=None, ncols: int = 6, title: str | None = None,
 
 def show_sound(wave, sample_rate: int, title: str | None = None, n_mels: int = 32):
     """A waveform (1-D tensor) and its log-mel spectrogram, one above the other."""
-    import matplotlib.pyplot as plt
-    import torch
-
-    from mmlib.spectrogram import log_mel_spectrogram
-
     wave = torch.as_tensor(wave).flatten().float().cpu()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4), sharex=True)
     t = torch.arange(len(wave)) / sample_rate
@@ -120,8 +116,6 @@ def show_attention(image, weights, words, grid: int, title: str | None = None):
 
     weights: (n_words, grid * grid) attention of each word over the image regions.
     """
-    import matplotlib.pyplot as plt
-
     weights = weights.detach().cpu()
     if weights.shape != (len(words), grid * grid):
         raise ValueError(f"expected weights of shape ({len(words)}, {grid * grid}), got {tuple(weights.shape)}")
@@ -152,8 +146,6 @@ def plot_transfer(table: dict, ax=None, title: str | None = None, chance: float 
     """Accuracy against labels per class (log axis) for each strategy of ``table``
     (strategy -> k -> accuracy, as ``mmlib.transfer.compare_strategies`` returns); a
     ``'zero_shot'`` entry (k = 0) is drawn as a dashed horizontal line."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 3.6))
     ks = sorted({k for s, row in table.items() if s != "zero_shot" for k in row})

@@ -1,30 +1,41 @@
-"""Pretraining from image-caption pairs, and zero-shot evaluation (source article §2.3; chapter 4).
+"""Pretraining from image-caption pairs (source article §2.3; chapters 4 to 6): the models of the
+three objectives, the book's CLIP recipe, zero-shot classification, and the command line.
 
-``pretrain`` trains a model on a pairs dataset with one of three objectives, all with the same
-image tower so that only the objective differs (CLIP's Fig. 2 comparison):
+``pretrain`` trains a pretraining model (``mmlib.models``: ``DualEncoder``, ``BagOfWordsModel``,
+``CaptioningModel``; each owns its loss) through the book's one loop, ``mmlib.train.train``.
 
-- ``'contrastive'``: a ``DualEncoder`` with the CLIP (InfoNCE) or SigLIP loss;
-- ``'bag_of_words'``: a ``BagOfWordsModel`` predicts the caption's words from the image;
-- ``'captioning'``: a ``CaptioningModel`` writes the caption word by word, seeing the image at
-  every step.
+The book's CLIP (chapter 4's recipe) is one constructor, ``clip_model``; ``pretrained_clip`` trains
+it once with a fixed seed and keeps the weights in a cache folder (``cache_dir()``), so later
+chapters load instead of retraining, with the same numbers either way.
 
-Each can then classify images *zero-shot* into colour-shape classes from text prompts alone:
-``zero_shot_scores``.
+The same training runs from the command line, on one process or as N under ``torchrun``::
+
+    python -m mmlib.pretrain --pairs 20000 --steps 200 --out clip.pt
+    torchrun --standalone --nproc_per_node=2 -m mmlib.pretrain --pairs 20000 --steps 200 --out clip.pt
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from mmlib import objectives, world
-from mmlib.encoders import Encoder
-from mmlib.models import DualEncoder
+import mmlib
+from mmlib import distributed, world
+from mmlib.data import WorldDataset, make_dataset
+from mmlib.encoders import BagOfEmbeddings, Encoder, ImageCNN, TinyViT
+from mmlib.metrics import class_embeddings, zero_shot_logits
+from mmlib.models import CONTRASTIVE_LOSSES, BagOfWordsModel, CaptioningModel, DualEncoder
 from mmlib.text import Tokenizer
+from mmlib.train import History, default_device, load_checkpoint, save_checkpoint, train
 
 PROMPT_TEMPLATES = tuple(f"a {size} {{}} {where}" for size in world.SIZES
                          for where in ("in the centre", "on the left", "on the right", "at the top", "at the bottom",
@@ -37,157 +48,110 @@ CHINESE_PROMPT_TEMPLATES = tuple(f"一个{world.ZH_SIZES[size]}的{{}}在{world.
                                  for size in world.SIZES for where in world.POSITIONS)
 """The same 18 prompts in Chinese, worded as ``world.chinese_captions`` words them: '一个小的{}在左边'."""
 
-
-class BagOfWordsModel(nn.Module):
-    """Image tower -> scores over the vocabulary: which words will the caption contain?"""
-
-    def __init__(self, image_encoder: Encoder, vocab_size: int):
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.head = nn.Linear(image_encoder.dim, vocab_size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.image_encoder(images))  # (B, V)
-
-
-class CaptioningModel(nn.Module):
-    """Image tower + a GRU decoder that sees the image embedding at every step (concatenated to each
-    word embedding), so that it cannot learn to ignore the image after the first word."""
-
-    def __init__(self, image_encoder: Encoder, vocab_size: int, dim: int = 64):
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.image_proj = nn.Linear(image_encoder.dim, dim)
-        self.gru = nn.GRU(2 * dim, dim, batch_first=True)
-        self.out = nn.Linear(dim, vocab_size)
-
-    def image_state(self, images: torch.Tensor) -> torch.Tensor:
-        """The image as the decoder sees it: (B, dim). Compute once, reuse for many captions."""
-        return self.image_proj(self.image_encoder(images))
-
-    def forward(self, images: torch.Tensor, inputs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits (B, T, V) for input tokens (B, T) (which start with <bos>)."""
-        image = self.image_state(images) if image is None else image  # (B, dim)
-        words = self.embed(inputs)
-        steps = torch.cat([words, image[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
-        hidden, _ = self.gru(steps, image[None].contiguous())
-        return self.out(hidden)
-
-    @staticmethod
-    def shift(tokens: torch.Tensor, bos_id: int = 2, eos_id: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: inputs are <bos> + caption, targets are caption + <eos> (padding stays 0)."""
-        lengths = (tokens != 0).sum(1)
-        inputs = torch.cat([torch.full_like(tokens[:, :1], bos_id), tokens], dim=1)
-        targets = torch.cat([tokens, torch.zeros_like(tokens[:, :1])], dim=1)
-        targets[torch.arange(len(tokens)), lengths] = eos_id
-        return inputs, targets
-
-    def log_likelihood(self, images: torch.Tensor, tokens: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(caption | image) for each pair, summed over the caption's tokens and <eos>: (B,).
-        Pass ``image`` (from ``image_state``) to skip the image tower."""
-        inputs, targets = self.shift(tokens)
-        logp = self(images, inputs, image).log_softmax(-1)
-        picked = logp.gather(2, targets[..., None])[..., 0]
-        return (picked * (targets != 0)).sum(1)
-
-
 OBJECTIVES = ("contrastive", "bag_of_words", "captioning")
 
 
 def make_pretraining_model(objective: str, image_encoder: Encoder, tokenizer: Tokenizer,
                            text_encoder: Encoder | None = None, embed_dim: int = 64, **options) -> nn.Module:
-    """The model for an objective, around the given image tower."""
+    """The model for an objective, around the given image tower (``options`` go to its class)."""
     if objective == "contrastive":
         if text_encoder is None:
             raise ValueError("the contrastive objective needs a text_encoder (the second tower)")
         return DualEncoder(image_encoder, text_encoder, embed_dim=embed_dim, **options)
     if objective == "bag_of_words":
-        return BagOfWordsModel(image_encoder, len(tokenizer))
+        return BagOfWordsModel(image_encoder, tokenizer)
     if objective == "captioning":
-        return CaptioningModel(image_encoder, len(tokenizer), **options)
+        return CaptioningModel(image_encoder, tokenizer, **options)
     raise ValueError(f"unknown objective {objective!r}: expected one of {OBJECTIVES}")
 
 
-def objective_loss(model: nn.Module, batch: dict, loss: str = "clip") -> torch.Tensor:
-    """The training loss of ``model`` on a batch of image-caption pairs."""
-    if isinstance(model, DualEncoder):
-        image_emb, text_emb = model(batch)
-        if loss == "clip":
-            return objectives.clip_loss(image_emb, text_emb, model.scale)
-        if loss == "siglip":
-            return objectives.siglip_loss(image_emb, text_emb, model.scale, model.bias)
-        raise ValueError(f"unknown contrastive loss {loss!r}: expected 'clip' or 'siglip'")
-    if isinstance(model, BagOfWordsModel):
-        return objectives.bag_of_words_loss(model(batch["image"]), batch["tokens"])
-    if isinstance(model, CaptioningModel):
-        inputs, targets = model.shift(batch["tokens"])
-        return objectives.captioning_loss(model(batch["image"], inputs), targets)
-    raise ValueError(f"no pretraining objective for a {type(model).__name__}")
-
-
-@dataclass
-class PretrainHistory:
-    """Loss per step, and evaluations (images seen -> value) made during pretraining."""
-
-    loss: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def pretrain(model: nn.Module, data, *, epochs: int = 5, batch_size: int = 256, lr: float = 3e-3,
-             loss: str = "clip", device=None, seed: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
-             eval_every: int | None = None, progress: bool = True, desc: str = "pretraining") -> PretrainHistory:
-    """Train ``model`` on a pairs dataset (AdamW, one-cycle schedule). ``evaluate(model)`` is called
-    every ``eval_every`` steps and at the end; its results are kept against the images seen."""
-    from tqdm.auto import tqdm
-
-    from mmlib.train import default_device
-
+def pretrain(model: nn.Module, data: WorldDataset, *, epochs: int = 5, steps: int | None = None,
+             batch_size: int = 256, lr: float = 3e-3, desc: str = "pretraining", **options) -> History:
+    """Train a pretraining model on a pairs dataset for ``epochs`` passes (or exactly ``steps``
+    steps) of full batches, through the one loop; ``options`` go to ``mmlib.train.train``
+    (device, seed, evaluate and eval_every, lr_scale, progress, ...)."""
     if data.tokens is None:
         raise ValueError("pretraining needs image-caption pairs: make_dataset('pairs', ...)")
     if not isinstance(epochs, int) or epochs <= 0 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
-    device = torch.device(device) if device is not None else default_device()
-    model.to(device).train()
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(data) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
-    history, seen, step = PretrainHistory(), 0, 0
-    start = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=0.5)
-    for epoch in range(epochs):
-        for batch in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device, drop_last=True):
-            value = objective_loss(model, batch, loss)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            if isinstance(model, DualEncoder):
-                model.clamp_scale()
-            history.loss.append(value.item())
-            seen += len(batch["image"])
-            step += 1
-            bar.update()
-            if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
-                history.evals.append((seen, _evaluate(model, evaluate)))
-    bar.close()
-    history.seconds = time.perf_counter() - start
-    if evaluate is not None:
-        history.evals.append((seen, _evaluate(model, evaluate)))
-    model.eval()
-    return history
+    steps = steps or epochs * data.steps_per_epoch(batch_size, drop_last=True)
+    return train(model, data, steps=steps, batch_size=batch_size, lr=lr, drop_last=True, desc=desc, **options)
 
 
-def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], float]) -> float:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        value = evaluate(model)
-    model.train(was_training)
-    return value
+# ---------------------------------------------------------------------------------------------
+# The book's CLIP
+# ---------------------------------------------------------------------------------------------
+
+TOWERS = ("cnn", "vit")
+
+
+def clip_model(vocab_size: int, width: int = 128, tower: str = "cnn", loss: str = "clip", seed: int = 0) -> DualEncoder:
+    """The book's CLIP (chapter 4): an ``ImageCNN`` of ``width`` features (or a ``TinyViT``, which
+    has no batch statistics: chapter 6) and a bag-of-embeddings text tower, in a 64-d joint space.
+    Initialised from ``seed`` without disturbing the caller's random numbers."""
+    if tower not in TOWERS:
+        raise ValueError(f"unknown image tower {tower!r}: expected one of {TOWERS}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        image = ImageCNN(dim=width, channels=(16, 32)) if tower == "cnn" else TinyViT(dim=width, depth=2, heads=4)
+        return DualEncoder(image, BagOfEmbeddings(vocab_size, 64), embed_dim=64, loss=loss)
+
+
+def clip_pairs(n: int, seed: int = 0, **options) -> WorldDataset:
+    """The pretraining data of the book's CLIP: ``n`` noisy image-caption pairs (30 % of captions
+    with distractor words), the default colour-shape combinations held out."""
+    return make_dataset("pairs", n, held_out=world.default_held_out(), distractors=0.3, seed=seed, **options)
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """Everything that decides the weights of a ``pretrained_clip``: chapter 4's model, data and
+    training (3 epochs of 30,000 pairs, about 20 s on a laptop CPU)."""
+
+    pairs: int = 30_000
+    width: int = 128
+    tower: str = "cnn"
+    loss: str = "clip"
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 4e-3
+    seed: int = 0
+
+
+def cache_dir() -> Path:
+    """Where trained weights are kept: ``$MMLIB_CACHE``, else ``$XDG_CACHE_HOME/mmlib``, else
+    ``~/.cache/mmlib``. Deleting the folder is always safe (the weights are trained again)."""
+    if os.environ.get("MMLIB_CACHE"):
+        return Path(os.environ["MMLIB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmlib"
+
+
+def _library_fingerprint() -> str:
+    """mmlib's version and source, and torch's version: weights trained by other code differ."""
+    digest = hashlib.sha256(f"{mmlib.__version__} {torch.__version__}".encode())
+    for path in sorted(Path(mmlib.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def pretrained_clip(recipe: ClipRecipe = ClipRecipe(), *, cache: bool = True, device=None,
+                    progress: bool = True) -> DualEncoder:
+    """The book's CLIP trained by ``recipe``: loaded from the cache when these weights were trained
+    before (same recipe, same library), else trained now (and cached). Deterministic, and the
+    caller's random numbers are left as they were, so a chapter prints the same either way."""
+    key = hashlib.sha256((json.dumps(asdict(recipe), sort_keys=True) + _library_fingerprint()).encode())
+    path = cache_dir() / f"clip-{key.hexdigest()[:16]}.pt"
+    vocab = len(Tokenizer.for_world())
+    model = clip_model(vocab, recipe.width, recipe.tower, recipe.loss, recipe.seed)
+    if cache and path.exists():
+        load_checkpoint(model, path)
+        return model.to(device or default_device()).eval()
+    with torch.random.fork_rng(devices=[]):
+        pretrain(model, clip_pairs(recipe.pairs, recipe.seed), epochs=recipe.epochs, batch_size=recipe.batch_size,
+                 lr=recipe.lr, seed=recipe.seed, device=device, progress=progress, desc="pretraining the book's CLIP")
+    if cache:
+        save_checkpoint(model, path, recipe=asdict(recipe))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +184,6 @@ def zero_shot_scores(model: nn.Module, images: torch.Tensor, pairs: Sequence[tup
     language='zh' names the classes in Chinese, with ``CHINESE_PROMPT_TEMPLATES`` unless
     ``templates`` are given (contrastive models only).
     """
-    from mmlib.metrics import class_embeddings, zero_shot_logits
-
     device = next(model.parameters()).device
     names = class_names(pairs, language)
     if templates is None:
@@ -271,7 +233,108 @@ def zero_shot_accuracy(model: nn.Module, data, pairs: Sequence[tuple[str, str]],
     return (scores.argmax(1).cpu() == labels).float().mean().item()
 
 
-if __name__ == "__main__":  # python -m mmlib.pretrain ...  (and torchrun -m mmlib.pretrain ...)
-    from mmlib.distributed import main
+# ---------------------------------------------------------------------------------------------
+# The command line: python -m mmlib.pretrain, or torchrun ... -m mmlib.pretrain
+# ---------------------------------------------------------------------------------------------
 
+@dataclass
+class Config:
+    """Everything a command-line run depends on; saved in its checkpoint."""
+
+    pairs: int = 20_000
+    width: int = 128
+    tower: str = "cnn"
+    batch_size: int = 256
+    steps: int = 200
+    lr: float = 4e-3
+    loss: str = "clip"
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    backend: str | None = None
+    log: str | None = None
+    save_every: int = 0
+    stop_at: int | None = None
+    progress: bool = True
+
+
+def check_config(config: Config, world_size: int) -> None:
+    """Clear errors for arguments that cannot work, before any process group is joined."""
+    distributed.check_backend(config.backend)
+    if config.tower not in TOWERS:
+        raise ValueError(f"unknown image tower {config.tower!r}: expected one of {TOWERS}")
+    if config.loss not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}: expected one of {CONTRASTIVE_LOSSES}")
+    for name in ("pairs", "width", "batch_size", "steps"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.batch_size % world_size:
+        raise ValueError(f"the global batch size {config.batch_size} is not divisible by the {world_size} "
+                         f"processes: use a multiple of {world_size}")
+    if config.batch_size > config.pairs:
+        raise ValueError(f"the batch size {config.batch_size} is larger than the dataset ({config.pairs} pairs)")
+    if config.resume and (config.out is None or not Path(config.out).exists()):
+        raise ValueError(f"--resume needs an existing checkpoint at --out, but {config.out!r} does not exist")
+
+
+def run(config: Config) -> dict:
+    """One command-line run: the book's CLIP on ``config.pairs`` pairs, trained by the one loop on
+    this process and, under torchrun, its peers. Returns the log: loss per step, throughput."""
+    check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    device = distributed.join(config.backend)
+    try:
+        data = clip_pairs(config.pairs, config.seed)
+        model = clip_model(len(data.tokenizer), config.width, config.tower, config.loss, config.seed)
+        history = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                        seed=config.seed, device=device, checkpoint=config.out, save_every=config.save_every,
+                        resume=config.resume, stop_at=config.stop_at, progress=config.progress,
+                        desc=f"pretraining on {distributed.world_size()} process(es)")
+        log = {"loss": history.loss, "world_size": distributed.world_size(), "config": asdict(config),
+               "seconds": history.seconds, "images_per_second": history.examples_per_second}
+        if distributed.rank() == 0 and config.log:
+            Path(config.log).write_text(json.dumps(log))
+        return log
+    finally:
+        distributed.leave()
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", description=(
+        "Contrastive (CLIP or SigLIP) pretraining of the book's CLIP on its world, on one process "
+        "or under torchrun --nproc_per_node=N (data parallel, global-batch contrastive loss)."))
+    defaults = Config()
+    parser.add_argument("--pairs", type=int, default=defaults.pairs, help="image-caption pairs to generate")
+    parser.add_argument("--width", type=int, default=defaults.width, help="image tower width (feature dim)")
+    parser.add_argument("--tower", default=defaults.tower, help="image tower: cnn (chapter 4) or vit")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps in total")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--loss", default=defaults.loss, help="clip (softmax) or siglip (sigmoid)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", default=None, help="checkpoint to write (rank 0 only)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    parser.add_argument("--save-every", type=int, default=0, help="also checkpoint every this many steps")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop (and checkpoint) after this step, as a time-limited job would; continue with --resume")
+    parser.add_argument("--backend", default=None, help="gloo or nccl (default: nccl with CUDA, else gloo)")
+    parser.add_argument("--history", dest="log", default=None, help="write the loss per step and throughput to this JSON file")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; bad arguments exit with status 2 and a one-line explanation."""
+    config = parse_args(argv)
+    try:
+        log = run(config)
+    except ValueError as err:
+        print(f"python -m mmlib.pretrain: error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{len(log['loss'])} steps on {log['world_size']} process(es); final loss {log['loss'][-1]:.4f}; "
+              f"{log['images_per_second']:.0f} images/s")
+    return 0
+
+
+if __name__ == "__main__":
     raise SystemExit(main())

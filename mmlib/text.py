@@ -70,6 +70,11 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.itos)
 
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """The ids of ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``: not words of a caption."""
+        return tuple(self.stoi[t] for t in SPECIALS)
+
     def __repr__(self) -> str:
         return f"Tokenizer({len(self)} tokens, level={self.level!r}, strict={self.strict})"
 

@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import copy
 import types
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tqdm.auto import tqdm
+
+from mmlib.data import few_shot_indices
 from mmlib.encoders import Encoder, Features
 from mmlib.metrics import linear_probe
 from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram
+from mmlib.train import default_device, evaluate, fit
 
 STRATEGIES = ("linear_probe", "fine_tune", "lp_ft", "scratch")
 
@@ -137,10 +142,8 @@ def adapt(encoder: Encoder, data, target: str, n_classes: int, strategy: str, *,
           steps: int = 60, batch_size: int = 32, lr: float = 1e-3, l2: float = 1e-3, seed: int = 0,
           frozen_statistics: bool | None = None, device=None, progress: bool = False) -> Classifier:
     """Train a ``Classifier`` on ``data[target]`` with one of ``STRATEGIES``, starting from a copy of
-    ``encoder`` (which is never modified). Gradient strategies take ``steps`` optimiser steps
-    (AdamW, one-cycle schedule), whatever the dataset size, so every k gets the same compute."""
-    from mmlib.train import default_device, fit
-
+    ``encoder`` (which is never modified). Gradient strategies take exactly ``steps`` optimiser
+    steps through the one loop, whatever the dataset size, so every k gets the same compute."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {STRATEGIES}")
     if target not in data.labels:
@@ -164,9 +167,8 @@ def adapt(encoder: Encoder, data, target: str, n_classes: int, strategy: str, *,
     if strategy == "linear_probe":
         freeze(model.encoder)
         return model.eval()
-    steps_per_epoch = -(-len(data) // batch_size)
-    fit(model, data, target, epochs=max(1, round(steps / steps_per_epoch)), batch_size=batch_size, lr=lr,
-        device=device, seed=seed, progress=progress, desc=strategy)
+    fit(model, data, target, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+        progress=progress, desc=strategy)
     return model.eval()
 
 
@@ -229,11 +231,6 @@ def compare_strategies(encoder: Encoder, pool, test, target: str, n_classes: int
     Returns ``(table, models)``: ``table[strategy][k]`` is the test accuracy, and ``models`` holds
     each strategy's classifier trained at the largest k (for further evaluation). ``options`` go
     to ``adapt`` (steps, lr, batch_size, ...)."""
-    from tqdm.auto import tqdm
-
-    from mmlib.data import few_shot_indices
-    from mmlib.train import evaluate
-
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}: expected some of {STRATEGIES}")

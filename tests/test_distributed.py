@@ -1,5 +1,6 @@
-"""mmlib.distributed: the global-batch contrastive loss on 2 gloo processes equals the 1-process
-loss, gradients included; checkpoints cross from 2 processes to 1; bad arguments are explained."""
+"""Data-parallel pretraining: the global-batch contrastive loss on 2 gloo processes equals the
+1-process loss, gradients included; the command line trains what the notebook trains; checkpoints
+cross from 2 processes to 1; a resumed run continues exactly; bad arguments are explained."""
 
 import os
 import subprocess
@@ -12,18 +13,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmlib import world
 from mmlib.data import make_dataset
-from mmlib.distributed import Config, ContrastiveForward, build_model, check_config, gather, global_contrastive_loss, main
-from mmlib.metrics import load_checkpoint
+from mmlib.distributed import gather, launch
+from mmlib.pretrain import Config, check_config, clip_model, clip_pairs, main, pretrain
+from mmlib.train import _Objective, load_checkpoint
 
 GLOBAL_BATCH = 16
 
 
 def batch_and_model(loss):
-    data = make_dataset("pairs", GLOBAL_BATCH, held_out=world.default_held_out(), seed=1)
-    model = build_model(Config(tower="vit", width=32, loss=loss), len(data.tokenizer))
-    return data, model
+    data = clip_pairs(GLOBAL_BATCH, seed=1)
+    return data, clip_model(len(data.tokenizer), width=32, tower="vit", loss=loss)
 
 
 def _worker(rank, world_size, init_file, out, loss):
@@ -32,8 +32,8 @@ def _worker(rank, world_size, init_file, out, loss):
         torch.set_num_threads(1)
         data, model = batch_and_model(loss)
         local = GLOBAL_BATCH // world_size
-        ddp = torch.nn.parallel.DistributedDataParallel(ContrastiveForward(model))
-        value = global_contrastive_loss(ddp, data._batch(torch.arange(rank * local, (rank + 1) * local)), loss)
+        ddp = torch.nn.parallel.DistributedDataParallel(_Objective(model, None))
+        value = ddp(data.batch(torch.arange(rank * local, (rank + 1) * local)))["loss"]
         value.backward()
         if rank == 0:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -45,7 +45,7 @@ def _worker(rank, world_size, init_file, out, loss):
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_two_processes_give_the_single_process_loss_and_gradients(loss):
     data, model = batch_and_model(loss)
-    value = global_contrastive_loss(model, data._batch(torch.arange(GLOBAL_BATCH)), loss)
+    value = model.loss(data.batch(torch.arange(GLOBAL_BATCH)))["loss"]
     value.backward()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.pt"
@@ -55,14 +55,25 @@ def test_two_processes_give_the_single_process_loss_and_gradients(loss):
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(result["grads"]) == set(expected)
     for name, grad in expected.items():
-        assert torch.allclose(result["grads"][name], grad,
-                              atol=1e-5), f"gradient of {name} differs"
+        assert torch.allclose(result["grads"][name], grad, atol=1e-5), f"gradient of {name} differs"
     assert "log_scale" in expected, "the temperature learns, and its gradient agrees too"
+    assert ("bias" in expected) == (loss == "siglip"), "only SigLIP trains the logit bias"
 
 
 def test_gather_without_a_process_group_is_the_identity():
     x = torch.randn(3, 4)
     assert gather(x) is x
+
+
+def test_per_process_batches_are_slices_of_the_global_batch():
+    data = make_dataset("pairs", 40, seed=2)
+    whole = next(data.stream(8, seed=3, start=6, drop_last=True))
+    parts = [next(data.stream(8, seed=3, start=6, drop_last=True, rank=r, world_size=2)) for r in (0, 1)]
+    assert torch.equal(torch.cat([p["image"] for p in parts]), whole["image"])
+    with pytest.raises(ValueError, match="multiple of 3"):
+        next(data.stream(8, drop_last=True, world_size=3))
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        next(data.stream(8, drop_last=True, rank=2, world_size=2))
 
 
 def run_cli(*args, processes=1, cwd=None):
@@ -74,6 +85,16 @@ def run_cli(*args, processes=1, cwd=None):
                           cwd=cwd, timeout=300)
 
 
+def test_the_command_line_trains_what_pretrain_trains():
+    """Same settings, same loss curve: the notebook's call and python -m mmlib.pretrain share one loop."""
+    log = launch("--pairs", "256", "--steps", "6", "--batch-size", "32", "--tower", "vit", "--width", "32",
+                 "--lr", "3e-3")
+    data = clip_pairs(256)
+    model = clip_model(len(data.tokenizer), width=32, tower="vit")
+    history = pretrain(model, data, steps=6, batch_size=32, lr=3e-3, device="cpu", progress=False)
+    assert log["loss"] == pytest.approx(history.loss, abs=1e-5)
+
+
 def test_a_two_process_checkpoint_loads_into_one_process_and_matches(tmp_path):
     args = ["--pairs", "256", "--steps", "4", "--batch-size", "32", "--tower", "vit", "--width", "32"]
     two = run_cli(*args, "--out", str(tmp_path / "two.pt"), processes=2)
@@ -83,7 +104,7 @@ def test_a_two_process_checkpoint_loads_into_one_process_and_matches(tmp_path):
     data = make_dataset("pairs", 64, split="test", seed=3)
     embeddings = []
     for name in ("two", "one"):
-        model = build_model(Config(tower="vit", width=32), len(data.tokenizer))
+        model = clip_model(len(data.tokenizer), width=32, tower="vit")
         meta = load_checkpoint(model, tmp_path / f"{name}.pt")
         assert meta["step"] == 4 and meta["world_size"] == (2 if name == "two" else 1)
         with torch.no_grad():
@@ -96,12 +117,12 @@ def test_a_resumed_run_continues_exactly(tmp_path):
     assert run_cli(*args, "--out", str(tmp_path / "full.pt")).returncode == 0
     part = run_cli(*args, "--out", str(tmp_path / "part.pt"), "--stop-at", "3")
     assert part.returncode == 0, part.stderr[-2000:]
-    assert torch.load(tmp_path / "part.pt", weights_only=True)["metadata"]["step"] == 3
+    assert torch.load(tmp_path / "part.pt", weights_only=True)["step"] == 3
     resumed = run_cli(*args, "--out", str(tmp_path / "part.pt"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     again = torch.load(tmp_path / "part.pt", weights_only=True)
-    assert again["metadata"]["step"] == 6
+    assert again["step"] == 6
     for key, value in full["state_dict"].items():
         assert torch.allclose(value, again["state_dict"][key], atol=1e-5), key
 
@@ -115,6 +136,8 @@ def test_bad_arguments_are_explained(tmp_path, capsys):
         check_config(Config(resume=True, out=str(tmp_path / "missing.pt")), world_size=1)
     with pytest.raises(ValueError, match="larger than the dataset"):
         check_config(Config(pairs=100, batch_size=256), world_size=1)
+    with pytest.raises(ValueError, match="unknown image tower 'rnn'"):
+        check_config(Config(tower="rnn"), world_size=1)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="nccl backend needs CUDA"):
             check_config(Config(backend="nccl"), world_size=1)

@@ -30,11 +30,6 @@ def test_seed_must_be_a_non_negative_int(bad):
         seed_everything(bad)
 
 
-def test_default_device_follows_cuda_availability():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert default_device().type == expected
-
-
 def test_setup_returns_the_device_and_prints_versions(capsys):
     device = mmlib.setup(seed=0)
     assert device == default_device()

@@ -7,9 +7,10 @@ import torch
 from torch.nn import functional as F
 
 from mmlib.encoders import BagOfEmbeddings, ImageCNN
-from mmlib.metrics import (class_embeddings, linear_probe, load_checkpoint, modality_gap, recall_at_k,
-                           save_checkpoint, zero_shot_logits)
-from mmlib.models import DualEncoder
+from mmlib.metrics import class_embeddings, linear_probe, modality_gap, recall_at_k, zero_shot_logits
+from mmlib.models import CaptioningModel, DualEncoder
+from mmlib.text import Tokenizer
+from mmlib.train import load_checkpoint, save_checkpoint
 from mmlib.objectives import (bag_of_words_loss, captioning_loss, clip_loss, itm_loss, sample_hard_negatives,
                               siglip_loss)
 
@@ -89,16 +90,21 @@ def test_itm_bag_of_words_and_captioning_losses():
     perfect = torch.full((2, 10), -30.0)
     perfect[0, 4] = perfect[0, 5] = 0.0
     perfect[1, 6], perfect[1, 7] = math.log(2), 0.0
-    best = bag_of_words_loss(perfect, tokens)
+    specials = (0, 1, 2, 3)
+    best = bag_of_words_loss(perfect, tokens, specials)
     entropy = lambda *p: -sum(q * math.log(q) for q in p)  # noqa: E731  the loss of a perfect prediction
     assert best == pytest.approx((entropy(0.5, 0.5) + entropy(2 / 3, 1 / 3)) / 2, abs=1e-4)
-    assert best < bag_of_words_loss(torch.zeros(2, 10), tokens)
+    assert best < bag_of_words_loss(torch.zeros(2, 10), tokens, specials)
+    # ignore word 6: caption 2's only target is then word 7, predicted with probability 1/3
+    assert bag_of_words_loss(perfect, tokens, (0, 6)) == pytest.approx((math.log(2) + math.log(3)) / 2, abs=1e-4)
     logits = torch.zeros(2, 3, 10)
     logits[0, 0, 4] = logits[0, 1, 5] = 50.0
     logits[1, 0, 6] = logits[1, 1, 6] = logits[1, 2, 7] = 50.0
-    assert captioning_loss(logits, tokens) < 1e-6  # the padding position is ignored
+    assert captioning_loss(logits, tokens, pad_id=0) < 1e-6  # the padding position is ignored
+    # with pad id 7, the 0 at the end of caption 1 counts (uniform: log 10) and the final 7 does not
+    assert captioning_loss(logits, tokens, pad_id=7) == pytest.approx(math.log(10) / 5, abs=1e-4)
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
-        captioning_loss(torch.zeros(2, 10), tokens)
+        captioning_loss(torch.zeros(2, 10), tokens, pad_id=0)
 
 
 def test_recall_at_k_on_a_hand_made_matrix():
@@ -142,18 +148,27 @@ def test_dual_encoder_embeddings_and_scale_clamp():
     assert model.scale.item() == 100.0
     model.clamp_scale()
     assert model.log_scale.item() == pytest.approx(math.log(100))
-    with pytest.raises(ValueError, match="'image' and 'tokens'"):
+    with pytest.raises(ValueError, match=r"needs the batch entries \['image', 'tokens'\]"):
         model({"image": torch.rand(3, 3, 32, 32)})
 
 
 def test_checkpoints_round_trip_and_fail_clearly(tmp_path):
     model = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
-    path = save_checkpoint(model, tmp_path / "m.pt", steps=5)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model.loss({"image": torch.rand(4, 3, 32, 32), "tokens": torch.randint(4, 20, (4, 3))})["loss"].backward()
+    optimizer.step()
+    path = save_checkpoint(model, tmp_path / "m.pt", optimizer=optimizer, step=5, note="x")
     other = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
-    assert load_checkpoint(other, path) == {"steps": 5}
+    other_opt = torch.optim.AdamW(other.parameters())
+    assert load_checkpoint(other, path, other_opt) == {"note": "x", "step": 5}
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), other.state_dict().values()))
+    moments = [s["exp_avg"] for s in other_opt.state.values()]
+    assert moments and all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, optimizer.state.values()))
     with pytest.raises(ValueError, match="does not fit this model"):
         load_checkpoint(DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=4), path)
+    save_checkpoint(model, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="no optimiser state"):
+        load_checkpoint(other, tmp_path / "weights.pt", other_opt)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(other, tmp_path / "bad.pt")
@@ -195,13 +210,39 @@ def test_pretraining_objectives_run_and_zero_shot_scores_have_the_right_shape():
         pretrain(model, make_dataset("attributes", 8), progress=False)
 
 
-def test_captioning_model_shifts_and_scores_captions():
-    from mmlib.pretrain import CaptioningModel
+@pytest.mark.parametrize("objective,options", [("contrastive", {}), ("contrastive", {"loss": "siglip"}),
+                                               ("bag_of_words", {}), ("captioning", {})])
+def test_every_objective_lowers_its_loss_on_a_tiny_batch(objective, options):
+    """Ten steps on one batch of 16 pairs: a model that owns a wrong loss (or none) would not learn."""
+    from mmlib.data import make_dataset
+    from mmlib.pretrain import make_pretraining_model, pretrain
 
+    data = make_dataset("pairs", 16, seed=0)
+    torch.manual_seed(0)
+    model = make_pretraining_model(objective, ImageCNN(16, channels=(8,)), data.tokenizer,
+                                   text_encoder=BagOfEmbeddings(len(data.tokenizer), 16), embed_dim=8, **options)
+    history = pretrain(model, data, steps=10, batch_size=16, lr=1e-2, warmup=0.0, device="cpu", progress=False)
+    assert history.loss[-1] < 0.95 * history.loss[0], history.loss
+
+
+def test_siglip_starts_at_scale_10_and_bias_minus_10_and_clip_never_trains_the_bias():
+    siglip = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8, loss="siglip")
+    assert siglip.scale.item() == pytest.approx(10.0) and siglip.bias.item() == -10.0 and siglip.bias.requires_grad
+    clip = DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), embed_dim=8)
+    assert clip.scale.item() == pytest.approx(1 / 0.07, rel=1e-5) and not clip.bias.requires_grad
+    with pytest.raises(ValueError, match="unknown contrastive loss 'infonce'"):
+        DualEncoder(ImageCNN(16, channels=(8,)), BagOfEmbeddings(20, 16), loss="infonce")
+    with pytest.raises(ValueError, match="needs the batch entries"):
+        clip.loss({"image": torch.rand(2, 3, 32, 32)})
+
+
+def test_captioning_model_shifts_and_scores_captions():
+    tokenizer = Tokenizer.for_world()
     tokens = torch.tensor([[5, 6, 0], [7, 8, 9]])
-    inputs, targets = CaptioningModel.shift(tokens)
-    assert inputs.tolist() == [[2, 5, 6, 0], [2, 7, 8, 9]]
-    assert targets.tolist() == [[5, 6, 3, 0], [7, 8, 9, 3]]
-    model = CaptioningModel(ImageCNN(16, channels=(8,)), 12, dim=8).eval()
+    model = CaptioningModel(ImageCNN(16, channels=(8,)), tokenizer, dim=8).eval()
+    inputs, targets = model.shift(tokens)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    assert inputs.tolist() == [[bos, 5, 6, 0], [bos, 7, 8, 9]]
+    assert targets.tolist() == [[5, 6, eos, 0], [7, 8, 9, eos]]
     ll = model.log_likelihood(torch.rand(2, 3, 32, 32), tokens)
     assert ll.shape == (2,) and (ll < 0).all()
