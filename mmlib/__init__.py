@@ -1,21 +1,24 @@
 """mmlib: the small, tested library behind *Multimodal Large Models: Principles and Practice*.
 
-Each module is named after the concept the book teaches with it:
+Each module is named after the concept the book teaches with it; lower layers never import
+higher ones (``tests/test_architecture.py`` keeps it so):
 
-- ``mmlib.history``  -- the timeline of multimodal models as validated data (chapter 1)
 - ``mmlib.spectrogram`` -- sound as an image: the log-mel spectrogram
-- ``mmlib.world``    -- the procedural world: scenes as images, captions and sounds (chapter *world*)
-- ``mmlib.text``     -- the tokenizer for the world's captions
-- ``mmlib.data``     -- datasets per task, with i.i.d. and compositional splits
-- ``mmlib.encoders`` -- feature extraction: image CNN, tiny ViT, text GRU/Transformer/bag, audio CNN
-- ``mmlib.fusion``   -- seven fusion layers with one interface (chapter 3 compares them)
-- ``mmlib.models``   -- the four-layer MultimodalModel of chapter 2
 - ``mmlib.algorithms`` -- convolution, GRU cell and attention by hand (chapter 3)
 - ``mmlib.objectives`` -- CLIP, SigLIP, matching, bag-of-words and captioning losses (chapter 4)
-- ``mmlib.pretrain`` -- pretraining loop, the three objectives' models, zero-shot classification
-- ``mmlib.metrics``  -- recall@k, zero-shot logits, linear probe, modality gap, safe checkpoints
-- ``mmlib.plot``     -- the book's colours, figure style, image grids, sound plots, attention maps
-- ``mmlib.train``    -- seeding, device selection, ``fit``/``evaluate`` and the training History
+- ``mmlib.metrics``  -- recall@k, zero-shot logits, linear probe, modality gap
+- ``mmlib.distributed`` -- all-gather with gradients, joining a process group, launching (chapter 6)
+- ``mmlib.world``    -- the procedural world: scenes as images, captions and sounds (chapter *world*)
+- ``mmlib.plot``     -- the book's colours, figure style and figures
+- ``mmlib.history``  -- the timeline of multimodal models as validated data (chapter 1)
+- ``mmlib.text``     -- the tokenizer for the world's captions
+- ``mmlib.data``     -- datasets per task, with i.i.d. and compositional splits; the batch contract
+- ``mmlib.encoders`` -- feature extraction: image CNN, tiny ViT, text GRU/Transformer/bag, audio CNN
+- ``mmlib.fusion``   -- seven fusion layers with one interface (chapter 3 compares them)
+- ``mmlib.train``    -- the one training loop, its schedule, parameter groups, checkpoints, History
+- ``mmlib.models``   -- the four-layer MultimodalModel (chapter 2) and the pretraining models
+- ``mmlib.pretrain`` -- the book's CLIP, pretraining, zero-shot classification, the command line
+- ``mmlib.transfer`` -- freezing, linear probes, fine-tuning, LP-FT (chapter 5)
 - ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers
 """
 

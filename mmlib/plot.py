@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from torchvision.utils import make_grid
 
 from mmlib.spectrogram import log_mel_spectrogram
 
@@ -133,31 +135,94 @@ def show_attention(image, weights, words, grid: int, title: str | None = None):
     return fig
 
 
+def show_grid(images, ncols: int, row_labels=None, title: str | None = None, width: float = 8.0):
+    """Images (n, 3, H, W) in [0, 1] tiled into one picture, ``ncols`` per row
+    (``torchvision.utils.make_grid``), with a label at the start of each row."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (n, 3, H, W), got {tuple(images.shape)}")
+    nrows = -(-len(images) // ncols)
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"{len(images)} images in rows of {ncols} make {nrows} rows, got {len(row_labels)} labels")
+    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=ncols, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(width, width * grid.shape[1] / grid.shape[2]))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    side = images.shape[2] + 2
+    ax.set(xticks=[], yticks=[side * (r + 0.5) for r in range(nrows)] if row_labels is not None else [])
+    if row_labels is not None:
+        ax.set_yticklabels(row_labels)
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def show_similarity(similarity, rows, columns, title: str | None = None):
+    """A similarity matrix (rows x columns) as a heat map with each value written in its cell
+    (chapter 4: test images against their captions)."""
+    similarity = torch.as_tensor(similarity).detach().cpu()
+    if similarity.shape != (len(rows), len(columns)):
+        raise ValueError(f"a {tuple(similarity.shape)} matrix needs {similarity.shape[0]} row and "
+                         f"{similarity.shape[1]} column labels, got {len(rows)} and {len(columns)}")
+    fig, ax = plt.subplots(figsize=(0.9 * len(columns) + 1.5, 0.6 * len(rows) + 1.6))
+    ax.imshow(similarity.numpy(), cmap="viridis")
+    ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for (i, j), value in np.ndenumerate(similarity.numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w")
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_embeddings(image_emb, text_emb, ax=None, title: str | None = None):
+    """Image and text embeddings projected together on their first two principal components, in
+    the modality colours (chapter 4b: the modality gap)."""
+    image_emb, text_emb = (torch.as_tensor(e).detach().cpu().float() for e in (image_emb, text_emb))
+    if image_emb.dim() != 2 or image_emb.shape[1:] != text_emb.shape[1:]:
+        raise ValueError(f"expected (N, D) and (M, D) embeddings, got {tuple(image_emb.shape)} and "
+                         f"{tuple(text_emb.shape)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.8))
+    both = torch.cat([image_emb, text_emb])
+    centred = both - both.mean(0)
+    xy = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+    ax.scatter(*xy[:len(image_emb)].T, s=8, color=MODALITY_COLORS["image"], label="images")
+    ax.scatter(*xy[len(image_emb):].T, s=8, color=MODALITY_COLORS["text"], label="captions")
+    ax.set(xticks=[], yticks=[], xlabel="principal component 1", ylabel="principal component 2")
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
 STRATEGY_STYLE = {
     "linear_probe": dict(color="#4C72B0", marker="o", label="linear probe (frozen)"),
     "fine_tune": dict(color="#DD8452", marker="s", label="fine-tune"),
     "lp_ft": dict(color="#55A868", marker="^", label="LP-FT"),
     "scratch": dict(color="#8C8C8C", marker="x", label="from scratch"),
 }
-"""One look per transfer strategy (chapter 5)."""
+"""One look per transfer strategy (chapters 4 and 5)."""
 
 
-def plot_transfer(table: dict, ax=None, title: str | None = None, chance: float | None = None):
-    """Accuracy against labels per class (log axis) for each strategy of ``table``
-    (strategy -> k -> accuracy, as ``mmlib.transfer.compare_strategies`` returns); a
-    ``'zero_shot'`` entry (k = 0) is drawn as a dashed horizontal line."""
+def plot_label_efficiency(curves: dict, ax=None, title: str | None = None, chance: float | None = None,
+                          ylabel: str = "test accuracy"):
+    """Accuracy against labelled examples per class (log axis), one line per entry of ``curves``
+    (name -> k -> accuracy; ``mmlib.transfer.compare_strategies`` returns such a table). Strategy
+    names get their book style; a ``'zero_shot'`` entry (k = 0) is a dashed horizontal line."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 3.6))
-    ks = sorted({k for s, row in table.items() if s != "zero_shot" for k in row})
-    for strategy, row in table.items():
-        if strategy == "zero_shot":
+    ks = sorted({k for name, row in curves.items() if name != "zero_shot" for k in row})
+    for name, row in curves.items():
+        if name == "zero_shot":
             ax.axhline(row[0], color="#C44E52", ls="--", label="zero-shot (no labels)")
             continue
-        style = STRATEGY_STYLE.get(strategy, dict(marker="o", label=strategy))
+        style = STRATEGY_STYLE.get(name, dict(marker="o", label=name))
         ax.plot(sorted(row), [row[k] for k in sorted(row)], **style)
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
-    ax.set(xscale="log", xlabel="labelled examples per class (log scale)", ylabel="test accuracy", ylim=(0, 1.02))
+    ax.set(xscale="log", xlabel="labelled examples per class (log scale)", ylabel=ylabel, ylim=(0, 1.02))
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
     if title:

@@ -85,16 +85,30 @@ def pretrain(model: nn.Module, data: WorldDataset, *, epochs: int = 5, steps: in
 TOWERS = ("cnn", "vit")
 
 
-def clip_model(vocab_size: int, width: int = 128, tower: str = "cnn", loss: str = "clip", seed: int = 0) -> DualEncoder:
-    """The book's CLIP (chapter 4): an ``ImageCNN`` of ``width`` features (or a ``TinyViT``, which
-    has no batch statistics: chapter 6) and a bag-of-embeddings text tower, in a 64-d joint space.
-    Initialised from ``seed`` without disturbing the caller's random numbers."""
+def _tower(width: int, tower: str) -> Encoder:
     if tower not in TOWERS:
         raise ValueError(f"unknown image tower {tower!r}: expected one of {TOWERS}")
+    return ImageCNN(dim=width, channels=(16, 32)) if tower == "cnn" else TinyViT(dim=width, depth=2, heads=4)
+
+
+def image_tower(width: int = 128, tower: str = "cnn", seed: int = 0) -> Encoder:
+    """The book's image tower: an ``ImageCNN`` with ``width`` features (chapter 4), or a
+    ``TinyViT``, which has no batch statistics (chapter 6). Initialised from ``seed`` (the same
+    weights as ``clip_model``'s tower) without disturbing the caller's random numbers."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        image = ImageCNN(dim=width, channels=(16, 32)) if tower == "cnn" else TinyViT(dim=width, depth=2, heads=4)
-        return DualEncoder(image, BagOfEmbeddings(vocab_size, 64), embed_dim=64, loss=loss)
+        return _tower(width, tower)
+
+
+def clip_model(vocab_size: int, width: int = 128, tower: str = "cnn", loss: str = "clip", seed: int = 0,
+               **options) -> DualEncoder:
+    """The book's CLIP (chapter 4): ``image_tower(width, tower)`` and a bag-of-embeddings text
+    tower in a 64-d joint space; ``options`` go to ``DualEncoder`` (e.g. ``init_scale``). Seeded
+    like ``image_tower``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        image = _tower(width, tower)
+        return DualEncoder(image, BagOfEmbeddings(vocab_size, 64), embed_dim=64, loss=loss, **options)
 
 
 def clip_pairs(n: int, seed: int = 0, **options) -> WorldDataset:

@@ -143,6 +143,16 @@ def test_notebooks_are_committed_without_outputs():
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{nb.name}: clear outputs"
 
 
+def test_notebook_code_cells_fit_the_page():
+    """Cells short enough to read at once (15 lines) and narrow enough for the page (76 chars)."""
+    for nb in NOTEBOOKS:
+        for number, (source, _) in enumerate(code_cells(nb)):
+            lines = source.splitlines()
+            assert len(lines) <= 15, f"{nb.name}: code cell {number} has {len(lines)} lines"
+            wide = [line for line in lines if len(line) > 76]
+            assert not wide, f"{nb.name}: code cell {number} has lines over 76 characters: {wide[0]!r}"
+
+
 def test_every_notebook_starts_with_the_setup_pattern():
     for nb in NOTEBOOKS:
         setup = code_cells(nb)[0][0]

@@ -189,14 +189,3 @@ def test_chinese_zero_shot_prompts():
     with pytest.raises(ValueError, match="contrastive"):
         zero_shot_scores(BagOfWordsModel(small_cnn(), zh), torch.rand(2, 3, 32, 32), [("red", "circle")], zh,
                          language="zh")
-
-
-def test_plot_transfer_draws_every_strategy():
-    import matplotlib
-    matplotlib.use("Agg")
-    from mmlib.plot import plot_transfer
-
-    table = {"zero_shot": {0: 0.3}, **{s: {1: 0.2, 4: 0.5} for s in STRATEGIES}}
-    fig = plot_transfer(table, chance=0.1)
-    ax = fig.axes[0]
-    assert len(ax.lines) == len(STRATEGIES) + 2 and ax.get_xscale() == "log"
