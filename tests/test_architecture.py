@@ -10,13 +10,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mmlib"
 
 LAYERS = [
-    {"spectrogram", "algorithms", "objectives", "metrics", "distributed"},  # plain torch
+    {"spectrogram", "algorithms", "objectives", "metrics", "distributed", "lm"},  # plain torch
     {"world", "plot"},
     {"text", "history"},
     {"data", "encoders"},
     {"fusion", "train"},
     {"models"},
     {"pretrain", "transfer"},
+    {"vlm"},
     {"notebook"},
 ]
 """Lowest first. A module may import modules of lower layers only (and its own package's parts)."""

@@ -1,0 +1,493 @@
+"""A multimodal large language model at toy scale (chapter 7): a vision encoder, a connector that
+turns image features into tokens, and a decoder-only language model that writes the answer.
+
+The recipe of LLaVA, BLIP-2, Flamingo and their successors, in the order the chapter builds it:
+
+- **The vision encoder** is chapter 4's CLIP image tower: its 8 x 8 grid of region features,
+  frozen.
+- **Connectors** (one interface: region features (B, N, d) and the instruction's mean word
+  embedding (B, D) -> visual tokens (B, M, D) placed before the text): ``LinearConnector``
+  (LLaVA), ``MLPConnector`` (LLaVA-1.5), ``Resampler`` (m learned queries that cross-attend to
+  the grid: Perceiver / Q-Former, fewer tokens), ``InstructionResampler`` (the queries also read
+  the instruction: InstructBLIP). ``GatedCrossAttention`` is the other way to connect
+  (Flamingo): no visual tokens, but a cross-attention layer before every LM block whose tanh
+  gate starts at 0, so the untrained model is exactly the text-only LM.
+- **The language model** is ``mmlib.lm.LanguageModel``, pretrained on the world's text first.
+- **LoRA** (``add_lora``/``merge_lora``): low-rank adapters, the efficient alternative to
+  tuning every weight of the LM.
+- **Chat data** (``instruction_data``): ``<user> question <assistant> answer <eos>``; the loss
+  covers only the assistant's tokens.
+- **Evaluation against the world's exact truth**: accuracy per question type, POPE probes with
+  random, popular and adversarial negatives (``pope_probes``/``pope_scores``) and CHAIR
+  (``chair``) for descriptions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmlib import world
+from mmlib.data import ANSWERS, IMAGE, TOKENS, WorldDataset, make_dataset
+from mmlib.encoders import Encoder, check_images
+from mmlib.lm import LanguageModel
+from mmlib.text import Tokenizer, world_words
+from mmlib.transfer import lock
+
+CHAT_TOKENS = ("<image>", "<user>", "<assistant>")
+"""Role tokens added to the world's vocabulary for chat-style sequences."""
+
+QUESTION_KINDS = {"what colour": "color", "what shape": "shape", "what size": "size", "how many": "count",
+                  "is there": "exists"}
+"""How each question starts -> its type (``world.QUESTION_TYPES``)."""
+
+
+def chat_tokenizer() -> Tokenizer:
+    """The world's English words plus the role tokens ``<image>``, ``<user>``, ``<assistant>``."""
+    return Tokenizer(world_words() + list(CHAT_TOKENS), strict=True)
+
+
+def question_type(question: str) -> str:
+    """'what colour is the square ?' -> 'color'."""
+    for start, kind in QUESTION_KINDS.items():
+        if question.startswith(start):
+            return kind
+    raise ValueError(f"not a question of the world: {question!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat data
+# ---------------------------------------------------------------------------------------------
+
+def chat_sequences(tokenizer: Tokenizer, instructions: Sequence[str], answers: Sequence[str] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of ``<user> instruction <assistant> answer <eos>`` (right-padded), and for each
+    sequence the position of its first answer token (where the loss starts). Without
+    ``answers``, the prompts alone (ending with ``<assistant>``), ready for generation."""
+    if isinstance(instructions, str) or not len(instructions):
+        raise ValueError("give a non-empty list of instructions")
+    if answers is not None and len(answers) != len(instructions):
+        raise ValueError(f"{len(instructions)} instructions but {len(answers)} answers")
+    rows, starts = [], []
+    for i, text in enumerate(instructions):
+        if not text.strip():
+            raise ValueError("an instruction is empty: ask something, e.g. 'what colour is the square ?'")
+        prompt = tokenizer.encode(f"<user> {text} <assistant>")
+        reply = [] if answers is None else tokenizer.encode(answers[i]) + [tokenizer.eos_id]
+        rows.append(prompt + reply)
+        starts.append(len(prompt))
+    tokens = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        tokens[r, :len(row)] = torch.tensor(row)
+    return tokens, torch.tensor(starts)
+
+
+def instruction_data(n: int, *, split: str = "train", seed: int = 0, held_out=(), n_objects=(1, 3),
+                     question_types: Sequence[str] = world.QUESTION_TYPES,
+                     tokenizer: Tokenizer | None = None) -> WorldDataset:
+    """Visual questions as chat sequences: images of 1-3 objects, ``texts`` the questions,
+    ``tokens`` the whole exchange, labels ``answer_start`` (where the loss starts), ``answer``
+    (index into ``mmlib.data.ANSWERS``) and ``qtype`` (index into ``world.QUESTION_TYPES``)."""
+    tokenizer = tokenizer or chat_tokenizer()
+    qa = make_dataset("qa", n, split=split, seed=seed, held_out=held_out, n_objects=n_objects,
+                      question_types=question_types)
+    answers = [ANSWERS[i] for i in qa.labels["answer"]]
+    tokens, starts = chat_sequences(tokenizer, qa.texts, answers)
+    labels = {**qa.labels, "answer_start": starts,
+              "qtype": torch.tensor([world.QUESTION_TYPES.index(question_type(q)) for q in qa.texts])}
+    lengths = (tokens != tokenizer.pad_id).sum(1)
+    return WorldDataset(qa.images, labels, qa.texts, tokens, lengths, None, qa.scenes, tokenizer)
+
+
+def text_data(n: int, *, seed: int = 0, held_out=(), tokenizer: Tokenizer | None = None) -> WorldDataset:
+    """World text for pretraining the language model: question-answer exchanges (and nothing
+    else: the LM learns the chat format and the language prior from them)."""
+    return instruction_data(n, seed=seed, held_out=held_out, tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Connectors
+# ---------------------------------------------------------------------------------------------
+
+class Connector(nn.Module):
+    """Image region features (B, N, d_image) [+ instruction (B, D)] -> visual tokens (B, M, D)."""
+
+    uses_instruction = False
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.image_dim, self.dim = image_dim, dim
+
+    def tokens_for(self, regions: int) -> int:  # pragma: no cover - abstract
+        """How many visual tokens ``regions`` image regions become."""
+        raise NotImplementedError
+
+
+class LinearConnector(Connector):
+    """LLaVA: one linear map per region; every region becomes a token."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__(image_dim, dim)
+        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+
+    def forward(self, regions, instruction=None):
+        return self.proj(regions)
+
+    def tokens_for(self, regions):
+        return regions
+
+
+class MLPConnector(LinearConnector):
+    """LLaVA-1.5: a two-layer MLP per region."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__(image_dim, dim)
+        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+
+class Resampler(Connector):
+    """Perceiver resampler / Q-Former in one layer: ``m`` learned queries cross-attend to the
+    regions (with learned positions), so the LM sees ``m`` tokens however large the grid."""
+
+    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64, heads: int = 4):
+        super().__init__(image_dim, dim)
+        self.m = m
+        self.queries = nn.Parameter(torch.randn(m, dim) * 0.1)
+        self.norm = nn.LayerNorm(image_dim)
+        self.keys, self.values = nn.Linear(image_dim, dim), nn.Linear(image_dim, dim)
+        self.positions = nn.Parameter(torch.zeros(regions, dim))
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def queries_for(self, instruction: torch.Tensor | None, batch: int) -> torch.Tensor:
+        return self.queries[None].expand(batch, -1, -1)  # (B, m, D)
+
+    def attend(self, regions, instruction):
+        x = self.norm(regions)
+        q = self.queries_for(instruction, len(x))
+        logits = torch.einsum("bmd,bnd->bmn", q, self.keys(x) + self.positions) / math.sqrt(self.dim)
+        return q, logits, torch.einsum("bmn,bnd->bmd", logits.softmax(-1), self.values(x))
+
+    def forward(self, regions, instruction=None):
+        _, _, read = self.attend(regions, instruction)
+        return self.out(read)
+
+    def tokens_for(self, regions):
+        return self.m
+
+
+class InstructionResampler(Resampler):
+    """InstructBLIP's idea in one layer: the queries are the instruction (through an MLP), varied
+    by ``m`` learned multipliers, so they look for what the question asks about. Each token holds
+    what a query read, its product with the query (how well it matched) and the best match
+    score, plus the mean of all regions (for counting)."""
+
+    uses_instruction = True
+
+    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64, heads: int = 4):
+        super().__init__(image_dim, dim, m, regions, heads)
+        self.ask = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.whole = nn.Linear(image_dim, dim)
+        self.out = nn.Sequential(nn.Linear(3 * dim + 1, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def queries_for(self, instruction, batch):
+        if instruction is None:
+            raise ValueError("an InstructionResampler needs the instruction's embedding")
+        return self.ask(instruction)[:, None] * (1 + self.queries[None])  # (B, m, D)
+
+    def forward(self, regions, instruction=None):
+        q, logits, read = self.attend(regions, instruction)
+        whole = self.whole(self.norm(regions)).mean(1, keepdim=True).expand(-1, self.m, -1)
+        return self.out(torch.cat([read, read * q, whole, logits.amax(2, keepdim=True)], -1))
+
+
+class GatedCrossAttention(nn.Module):
+    """Flamingo's gated cross-attention block, run before an LM block: the text attends to the
+    image regions, y = x + tanh(a) * attn(x, regions), then y + tanh(b) * mlp(y). The gates a, b
+    start at 0: at initialisation the block is the identity and the LM unchanged."""
+
+    def __init__(self, dim: int, heads: int = 4):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.attn_gate, self.mlp_gate = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+        self.context: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.context is None:
+            raise ValueError("set the image context first (VisionLanguageModel does)")
+        context = self.context.expand(len(x), -1, -1) if len(self.context) == 1 else self.context
+        y, _ = self.attn(self.norm1(x), context, context, need_weights=False)
+        x = x + torch.tanh(self.attn_gate) * y
+        return x + torch.tanh(self.mlp_gate) * self.mlp(self.norm2(x))
+
+
+class CrossAttentionConnector(Connector):
+    """Flamingo-style: the regions (normalised, projected, with positions) become the context of
+    one ``GatedCrossAttention`` block per LM block; no visual tokens enter the sequence."""
+
+    def __init__(self, image_dim: int, dim: int, depth: int = 2, regions: int = 64, heads: int = 4):
+        super().__init__(image_dim, dim)
+        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+        self.positions = nn.Parameter(torch.zeros(regions, dim))
+        self.blocks = nn.ModuleList(GatedCrossAttention(dim, heads) for _ in range(depth))
+
+    def forward(self, regions, instruction=None):
+        context = self.proj(regions) + self.positions
+        for block in self.blocks:
+            block.context = context
+        return None
+
+    def tokens_for(self, regions):
+        return 0
+
+
+CONNECTORS = {"linear": LinearConnector, "mlp": MLPConnector, "resampler": Resampler,
+              "instruction": InstructionResampler, "cross_attention": CrossAttentionConnector}
+
+
+def make_connector(name: str, image_dim: int, dim: int, **options) -> Connector:
+    """A connector by name: one of ``CONNECTORS``."""
+    if name not in CONNECTORS:
+        raise ValueError(f"unknown connector {name!r}: expected one of {tuple(CONNECTORS)}")
+    return CONNECTORS[name](image_dim, dim, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class VisionLanguageModel(nn.Module):
+    """vision encoder (region features) -> connector -> language model.
+
+    ``loss(batch)`` is next-token cross-entropy on the assistant's tokens only; ``answer``
+    generates replies. The vision encoder is frozen (``lock``) unless ``freeze_vision=False``.
+    ``blind=True`` hides the image (the same LM answering from language alone)."""
+
+    def __init__(self, vision: Encoder, connector: Connector, lm: LanguageModel, tokenizer: Tokenizer,
+                 freeze_vision: bool = True):
+        super().__init__()
+        missing = [t for t in CHAT_TOKENS if t not in tokenizer.stoi]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the role tokens {missing}: use chat_tokenizer()")
+        if len(tokenizer) != lm.vocab_size:
+            raise ValueError(f"the LM has {lm.vocab_size} token embeddings, the tokenizer {len(tokenizer)} tokens")
+        self.vision, self.connector, self.lm, self.tokenizer = vision, connector, lm, tokenizer
+        if freeze_vision:
+            lock(self.vision)
+        self.assistant_id = tokenizer.stoi["<assistant>"]
+
+    def regions(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's region features (B, N, d): chapter 4's 8 x 8 grid."""
+        check_images(images)
+        return self.vision.encode(images).tokens
+
+    def instruction(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean word embedding of each instruction (the tokens before ``<assistant>``)."""
+        before = (torch.cumsum((tokens == self.assistant_id).long(), 1) == 0) & (tokens != self.tokenizer.pad_id)
+        words = self.lm.tokens(tokens) * before.unsqueeze(-1)
+        return words.sum(1) / before.sum(1, keepdim=True).clamp_min(1)
+
+    def prefix(self, images: torch.Tensor | None, tokens: torch.Tensor):
+        """Visual tokens (B, M, D) for the sequence (None for cross-attention, or blind)."""
+        if images is None:
+            if isinstance(self.connector, CrossAttentionConnector):
+                raise ValueError("a cross-attention model cannot run blind; its LM alone can")
+            return None
+        instruction = self.instruction(tokens) if self.connector.uses_instruction else None
+        return self.connector(self.regions(images), instruction)
+
+    def adapters(self):
+        return list(self.connector.blocks) if isinstance(self.connector, CrossAttentionConnector) else None
+
+    def forward(self, images: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for the text positions: logits[:, j] predicts tokens[:, j + 1]."""
+        visual = self.prefix(images, tokens)
+        logits, _ = self.lm(tokens, prefix=visual, adapters=self.adapters())
+        return logits if visual is None else logits[:, visual.shape[1]:]
+
+    def loss(self, batch: dict) -> dict:
+        tokens, start = batch[TOKENS], batch["answer_start"]
+        logits = self(batch[IMAGE], tokens)[:, :-1]
+        targets = tokens[:, 1:]
+        position = torch.arange(targets.shape[1], device=tokens.device)[None]
+        answer = (position >= (start[:, None] - 1)) & (targets != self.tokenizer.pad_id)
+        value = F.cross_entropy(logits[answer], targets[answer])
+        first = position == (start[:, None] - 1)
+        correct = (logits.argmax(-1) == targets)[first].float().mean().detach()
+        return {"loss": value, "first_token_accuracy": correct}
+
+    @torch.no_grad()
+    def answer(self, images: torch.Tensor | None, questions: Sequence[str], max_new: int = 12,
+               batch_size: int = 256, **sampling) -> list[str]:
+        """Generated replies to ``questions`` about ``images`` (greedy unless ``temperature``).
+        Prompts of equal length are generated together."""
+        was_training = self.training
+        self.eval()
+        device = next(self.lm.parameters()).device
+        prompts, _ = chat_sequences(self.tokenizer, list(questions))
+        lengths = (prompts != self.tokenizer.pad_id).sum(1)
+        replies: list[str | None] = [None] * len(questions)
+        for length in lengths.unique().tolist():
+            rows = torch.nonzero(lengths == length).flatten()
+            for part in rows.split(batch_size):
+                tokens = prompts[part, :length].to(device)
+                visual = self.prefix(None if images is None else images[part].to(device), tokens)
+                new, _ = self.lm.generate(tokens, max_new, prefix=visual, adapters=self.adapters(),
+                                          eos_id=self.tokenizer.eos_id, **sampling)
+                for r, ids in zip(part.tolist(), new.tolist()):
+                    ids = ids[:ids.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in ids else ids
+                    replies[r] = self.tokenizer.decode(ids)
+        self.train(was_training)
+        return replies
+
+
+def language_model_loss(lm: LanguageModel, pad_id: int):
+    """Next-token cross-entropy over every real token: the loss of text-only pretraining."""
+    def loss(batch: dict) -> dict:
+        tokens = batch[TOKENS]
+        logits, _ = lm(tokens)
+        return {"loss": F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad_id)}
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------
+
+class LoRALinear(nn.Module):
+    """W x + (alpha / r) B A x with the pretrained W frozen, A (r x in) random, B (out x r) zero:
+    at the start the layer computes exactly what W did (Hu et al. 2021)."""
+
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 8.0):
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"the rank r must be at least 1, got {r}")
+        self.base, self.scale = base.requires_grad_(False), alpha / r
+        self.A = nn.Parameter(torch.randn(r, base.in_features) / math.sqrt(base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
+
+    def merged(self) -> nn.Linear:
+        """One plain linear layer computing the same function (no extra cost at inference)."""
+        layer = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            layer.weight.copy_(self.base.weight + self.scale * self.B @ self.A)
+            if self.base.bias is not None:
+                layer.bias.copy_(self.base.bias)
+        return layer.to(self.base.weight.device)
+
+
+def add_lora(lm: LanguageModel, r: int = 4, alpha: float = 8.0) -> LanguageModel:
+    """Freeze ``lm`` and wrap the linear layers of its blocks (attention and MLP) in
+    ``LoRALinear``; the embeddings and norms stay frozen. In place; returns ``lm``."""
+    lm.requires_grad_(False)
+    for block in lm.blocks:
+        for parent in (block.attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, LoRALinear(child, r, alpha))
+    return lm
+
+
+def merge_lora(lm: LanguageModel) -> LanguageModel:
+    """Replace every ``LoRALinear`` of ``lm`` by its merged linear layer. In place."""
+    for module in list(lm.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merged())
+    return lm
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation against the world's truth
+# ---------------------------------------------------------------------------------------------
+
+def accuracy_by_type(replies: Sequence[str], data: WorldDataset) -> dict[str, float]:
+    """Exact-match accuracy of ``replies`` to ``data``'s questions, overall and per type."""
+    if len(replies) != len(data):
+        raise ValueError(f"{len(replies)} replies for {len(data)} questions")
+    truth = [ANSWERS[i] for i in data.labels["answer"]]
+    kinds = [world.QUESTION_TYPES[i] for i in data.labels["qtype"]]
+    right = np.array([r.strip() == t for r, t in zip(replies, truth)])
+    table = {"overall": float(right.mean())}
+    for kind in world.QUESTION_TYPES:
+        chosen = np.array([k == kind for k in kinds])
+        if chosen.any():
+            table[kind] = float(right[chosen].mean())
+    return table
+
+
+POPE_STRATEGIES = ("random", "popular", "adversarial")
+
+
+def pope_probes(scenes, strategy: str, seed: int = 0, popular: Sequence[tuple[str, str]] = ()
+                ) -> list[tuple[str, str]]:
+    """Two yes/no probes per scene (Li et al. 2023): 'is there a {colour} {shape} ?' for an
+    object in the scene (yes) and for an absent pair (no), drawn by ``strategy``:
+    'random' (any absent pair), 'popular' (the absent pair that comes first in ``popular``, the
+    pairs ranked by frequency in the training data) or 'adversarial' (a colour and a shape that
+    are both in the scene, but never together: a binding error; random if no such pair)."""
+    if strategy not in POPE_STRATEGIES:
+        raise ValueError(f"unknown POPE strategy {strategy!r}: expected one of {POPE_STRATEGIES}")
+    if strategy == "popular" and not popular:
+        raise ValueError("the popular strategy needs the pairs ranked by training frequency")
+    rng = np.random.default_rng(seed)
+    probes = []
+    for i in range(len(scenes)):
+        objects = scenes.objects(i)
+        present = {(o["color"], o["shape"]) for o in objects}
+        yes = objects[rng.integers(len(objects))]
+        absent = [(c, s) for c in world.COLORS for s in scenes.shapes if (c, s) not in present]
+        crossed = [(a["color"], b["shape"]) for a in objects for b in objects if (a["color"], b["shape"]) not in present]
+        if strategy == "popular":
+            no = next(p for p in popular if p not in present)
+        elif strategy == "adversarial" and crossed:
+            no = crossed[rng.integers(len(crossed))]
+        else:
+            no = absent[rng.integers(len(absent))]
+        probes += [(f"is there a {yes['color']} {yes['shape']} ?", "yes"), (f"is there a {no[0]} {no[1]} ?", "no")]
+    return probes
+
+
+def pope_scores(replies: Sequence[str], truths: Sequence[str]) -> dict[str, float]:
+    """POPE's numbers for yes/no replies: accuracy, precision, recall and F1 of 'yes', and the
+    share of 'yes' answers (a model that hallucinates says yes too often)."""
+    if len(replies) != len(truths) or not len(truths):
+        raise ValueError(f"need one reply per probe: got {len(replies)} replies for {len(truths)} probes")
+    said = np.array([r.strip() == "yes" for r in replies])
+    true = np.array([t == "yes" for t in truths])
+    tp, fp, fn = (said & true).sum(), (said & ~true).sum(), (~said & true).sum()
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    return {"accuracy": float((said == true).mean()), "precision": float(precision), "recall": float(recall),
+            "f1": float(2 * precision * recall / max(precision + recall, 1e-12)), "yes_ratio": float(said.mean())}
+
+
+def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
+    """CHAIR (Rohrbach et al. 2018) for descriptions of scenes: CHAIR_i, the share of mentioned
+    objects (colour and shape) that are not in the scene; CHAIR_s, the share of descriptions
+    with at least one such object. A description that names no object the parser can read
+    counts as one hallucination."""
+    if len(descriptions) != len(scenes):
+        raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
+    mentioned = hallucinated = bad = 0
+    for i, text in enumerate(descriptions):
+        present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
+        try:
+            said = [(o.get("color"), o.get("shape")) for o in world.parse_caption(text)]
+        except ValueError:
+            said = []
+        said = said or [(None, None)]  # nothing readable: counted as one made-up object
+        wrong = sum(pair not in present for pair in said)
+        mentioned += len(said)
+        hallucinated += wrong
+        bad += wrong > 0
+    return {"chair_i": hallucinated / max(mentioned, 1), "chair_s": bad / len(descriptions)}

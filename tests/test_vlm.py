@@ -1,0 +1,259 @@
+"""mmlib.lm and mmlib.vlm: the causal LM, its cache, chat data with masked loss, connectors,
+gated cross-attention at initialisation, LoRA, and the hallucination metrics on known answers."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmlib import world
+from mmlib.encoders import ImageCNN
+from mmlib.lm import LanguageModel
+from mmlib.vlm import (CONNECTORS, CrossAttentionConnector, InstructionResampler, LoRALinear, Resampler,
+                       VisionLanguageModel, accuracy_by_type, add_lora, chair, chat_sequences, chat_tokenizer,
+                       instruction_data, make_connector, merge_lora, pope_probes, pope_scores, question_type)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return chat_tokenizer()
+
+
+def small_lm(vocab, seed=0):
+    torch.manual_seed(seed)
+    return LanguageModel(vocab, dim=32, depth=2, heads=4, max_len=96)
+
+
+def small_vlm(tok, connector="instruction", seed=0):
+    torch.manual_seed(seed)
+    vision = ImageCNN(16, channels=(8, 16))
+    return VisionLanguageModel(vision, make_connector(connector, 16, 32), small_lm(len(tok), seed), tok)
+
+
+# --- the language model ------------------------------------------------------------------
+
+def test_changing_a_later_token_never_changes_an_earlier_logit():
+    lm = small_lm(20).eval()
+    x = torch.randint(0, 20, (2, 10))
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 20
+    a, _ = lm(x)
+    b, _ = lm(y)
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6) and not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_cached_and_uncached_generation_agree():
+    lm = small_lm(20).eval()
+    prompt, prefix = torch.randint(0, 20, (3, 5)), torch.randn(3, 4, 32)
+    for sampling in ({}, {"temperature": 0.8, "top_k": 5}):
+        runs = [lm.generate(prompt, 8, prefix=prefix, use_cache=c, generator=torch.Generator().manual_seed(1),
+                            **sampling) for c in (True, False)]
+        assert torch.equal(runs[0][0], runs[1][0]), "the same tokens"
+        assert torch.allclose(runs[0][1], runs[1][1], atol=1e-5), "from the same logits"
+
+
+def test_generation_stops_at_eos_and_checks_its_arguments():
+    lm = small_lm(20).eval()
+    with torch.no_grad():  # the final norm always outputs the direction of token 7's embedding ...
+        lm.norm.weight.zero_()
+        lm.norm.bias.copy_(lm.tokens.weight[7] * 100)
+    new, _ = lm.generate(torch.zeros(2, 3, dtype=torch.long), 5, eos_id=7)
+    assert new.shape == (2, 1) and (new == 7).all(), "... which is <eos>: the reply ends at once"
+    with pytest.raises(ValueError, match="max_new"):
+        lm.generate(torch.zeros(1, 2, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="longer than max_len"):
+        lm(torch.zeros(1, 97, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lm(torch.full((1, 3), 20))
+
+
+def test_the_output_head_is_tied_to_the_token_embedding():
+    lm = small_lm(20)
+    assert lm.head.weight is lm.tokens.weight
+
+
+# --- chat data and the masked loss ---------------------------------------------------------
+
+def test_chat_sequences_mark_where_the_answer_starts(tok):
+    tokens, start = chat_sequences(tok, ["what colour is the square ?", "how many shapes are there ?"],
+                                   ["red", "two"])
+    first = tok.decode(tokens[0], skip_special=False).split()
+    assert first[:2] == ["<user>", "what"] and first[int(start[0]) - 1] == "<assistant>"
+    assert tok.decode(tokens[0, start[0]:]) == "red" and tokens[0, start[0] + 1] == tok.eos_id
+    with pytest.raises(ValueError, match="instruction is empty"):
+        chat_sequences(tok, ["  "])
+    with pytest.raises(ValueError, match="unknown token 'magenta'"):
+        chat_sequences(tok, ["what colour is the magenta square ?"])
+
+
+def test_the_loss_covers_only_the_assistants_tokens(tok):
+    data = instruction_data(8, seed=1, tokenizer=tok)
+    model = small_vlm(tok).eval()
+    batch = data.batch(torch.arange(8))
+    with torch.no_grad():
+        logits = model(batch["image"], batch["tokens"])
+        terms = []  # by hand: every answer token and <eos>, predicted from the position before it
+        for row, start in enumerate(batch["answer_start"].tolist()):
+            for j in range(start, int(batch["lengths"][row])):
+                terms.append(-logits[row, j - 1].log_softmax(-1)[batch["tokens"][row, j]])
+        assert torch.isclose(model.loss(batch)["loss"], torch.stack(terms).mean(), atol=1e-5)
+    r, c = (batch["tokens"] == tok.pad_id).nonzero()[0].tolist()
+    padded = batch["tokens"].clone()
+    padded[r, c] = tok.stoi["red"]  # a token after <eos> changes no earlier logit
+    assert torch.allclose(model(batch["image"], padded)[r, :c], logits[r, :c], atol=1e-5)
+
+
+def test_instruction_data_labels_are_the_worlds_truth(tok):
+    data = instruction_data(50, seed=2, tokenizer=tok)
+    for i in range(50):
+        kind = world.QUESTION_TYPES[int(data.labels["qtype"][i])]
+        assert question_type(data.texts[i]) == kind
+        start = int(data.labels["answer_start"][i])
+        reply = tok.decode(data.tokens[i, start:])
+        if kind == "count":
+            assert reply == world.NUMBER_WORDS[int(data.scenes.count[i])]
+
+
+# --- connectors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in CONNECTORS if n != "cross_attention"])
+def test_connectors_map_regions_to_lm_tokens(name):
+    connector = make_connector(name, 16, 32)
+    out = connector(torch.randn(3, 64, 16), torch.randn(3, 32))
+    assert out.shape == (3, connector.tokens_for(64), 32)
+
+
+def test_a_resampler_gives_m_tokens_whatever_the_grid():
+    for regions in (16, 64):
+        assert Resampler(16, 32, m=4, regions=regions)(torch.randn(2, regions, 16)).shape == (2, 4, 32)
+    with pytest.raises(ValueError, match="unknown connector"):
+        make_connector("qformer", 16, 32)
+
+
+def test_the_instruction_resampler_reads_the_instruction():
+    torch.manual_seed(0)
+    connector = InstructionResampler(16, 32)
+    regions = torch.randn(2, 64, 16)
+    a, b = connector(regions, torch.randn(2, 32)), connector(regions, torch.randn(2, 32))
+    assert not torch.allclose(a, b), "another question, other visual tokens"
+    with pytest.raises(ValueError, match="needs the instruction"):
+        connector(regions)
+
+
+def test_gated_cross_attention_is_the_identity_at_initialisation(tok):
+    model = small_vlm(tok, "cross_attention").eval()
+    tokens, _ = chat_sequences(tok, ["how many shapes are there ?"] * 2)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        with_image = model(images, tokens)
+        text_only, _ = model.lm(tokens)
+    assert torch.equal(with_image, text_only), "tanh(0) = 0: the LM is unchanged"
+    with torch.no_grad():
+        model.connector.blocks[0].attn_gate.fill_(1.0)
+    assert not torch.allclose(model(images, tokens), text_only), "once the gate opens, the image counts"
+
+
+def test_blind_and_bad_input(tok):
+    model = small_vlm(tok)
+    assert model.answer(None, ["how many shapes are there ?"])[0] is not None, "blind: the LM alone"
+    with pytest.raises(ValueError, match="did you forget the batch dimension"):
+        model.answer(torch.rand(3, 32, 32), ["how many shapes are there ?"])
+    with pytest.raises(ValueError, match="unknown token"):
+        model.answer(torch.rand(1, 3, 32, 32), ["what is the meaning of life ?"])
+    with pytest.raises(ValueError, match="role tokens"):
+        from mmlib.text import Tokenizer
+        VisionLanguageModel(ImageCNN(16, channels=(8,)), make_connector("mlp", 16, 32), small_lm(len(tok)),
+                            Tokenizer.for_world())
+
+
+def test_a_vlm_learns_to_count_in_a_few_steps(tok):
+    from mmlib.train import train
+
+    data = instruction_data(256, seed=3, question_types=("count",), tokenizer=tok)
+    model = small_vlm(tok, "mlp")
+    history = train(model, data, steps=40, batch_size=64, lr=3e-3, progress=False, device="cpu")
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert not any(p.requires_grad for p in model.vision.parameters()), "the vision tower stayed frozen"
+
+
+# --- LoRA -----------------------------------------------------------------------------------
+
+def test_lora_starts_as_the_base_layer_and_merges_exactly():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 6)
+    lora = LoRALinear(base, r=2, alpha=4)
+    x = torch.randn(5, 8)
+    assert torch.equal(lora(x), base(x)), "B = 0: nothing changes at the start"
+    with torch.no_grad():
+        lora.B.normal_()
+    assert torch.allclose(lora.merged()(x), lora(x), atol=1e-5)
+
+
+def test_add_lora_trains_only_the_adapters():
+    lm = small_lm(20)
+    total = sum(p.numel() for p in lm.parameters())
+    add_lora(lm, r=2)
+    trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith((".A", ".B")) for n in trainable)
+    assert sum(p.numel() for p in lm.parameters() if p.requires_grad) < 0.2 * total
+    x = torch.randint(0, 20, (2, 6))
+    with torch.no_grad():
+        for n, p in lm.named_parameters():
+            if n.endswith(".B"):
+                p.normal_(0, 0.1)
+        before, _ = lm(x)
+        merge_lora(lm)
+        after, _ = lm(x)
+    assert not any(isinstance(m, LoRALinear) for m in lm.modules())
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+# --- hallucination metrics on known answers ---------------------------------------------------
+
+def scenes_of(*objects):
+    """One scene per list of (colour, shape) pairs."""
+    n, k = len(objects), max(map(len, objects))
+    scenes = world.sample_scenes(n, n_objects=k, seed=0, distinct=True)
+    for i, objs in enumerate(objects):
+        for j, (c, s) in enumerate(objs):
+            scenes.color[i, j], scenes.shape[i, j] = world.COLORS.index(c), scenes.shapes.index(s)
+        scenes.count[i] = len(objs)
+        scenes.mask[i] = np.arange(k) < len(objs)
+    return scenes
+
+
+def test_pope_scores_on_known_replies():
+    scores = pope_scores(["yes", "yes", "yes", "no"], ["yes", "no", "yes", "no"])
+    assert scores == pytest.approx({"accuracy": 0.75, "precision": 2 / 3, "recall": 1.0, "f1": 0.8,
+                                    "yes_ratio": 0.75})
+    with pytest.raises(ValueError, match="one reply per probe"):
+        pope_scores(["yes"], ["yes", "no"])
+
+
+def test_pope_probes_by_strategy():
+    scenes = scenes_of([("red", "circle"), ("blue", "square")])
+    adversarial = pope_probes(scenes, "adversarial")
+    assert adversarial[0] in [("is there a red circle ?", "yes"), ("is there a blue square ?", "yes")]
+    assert adversarial[1][0] in ("is there a red square ?", "is there a blue circle ?"), "a binding error"
+    popular = pope_probes(scenes, "popular", popular=[("red", "circle"), ("green", "star")])
+    assert popular[1] == ("is there a green star ?", "no"), "the most frequent absent pair"
+    random_no = pope_probes(scenes, "random")[1][0]
+    assert random_no not in ("is there a red circle ?", "is there a blue square ?")
+    with pytest.raises(ValueError, match="unknown POPE strategy"):
+        pope_probes(scenes, "hard")
+
+
+def test_chair_counts_mentioned_objects_that_are_not_there():
+    scenes = scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")])
+    descriptions = ["two shapes : a small red circle and a small blue circle", "a large green star"]
+    assert chair(descriptions, scenes) == pytest.approx({"chair_i": 1 / 3, "chair_s": 0.5})
+    assert chair(["gibberish words", "a large green star"], scenes)["chair_s"] == 0.5
+
+
+def test_accuracy_by_type_is_exact_match(tok):
+    data = instruction_data(40, seed=4, tokenizer=tok)
+    truth = [tok.decode(data.tokens[i, int(data.labels["answer_start"][i]):]) for i in range(40)]
+    assert accuracy_by_type(truth, data)["overall"] == 1.0
+    wrong = ["purple"] * 40
+    table = accuracy_by_type(wrong, data)
+    assert table["count"] == 0.0 and table["overall"] < 0.3
