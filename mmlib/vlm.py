@@ -15,7 +15,7 @@ The recipe of LLaVA, BLIP-2, Flamingo and their successors, in the order the cha
 - **The language model** is ``mmlib.lm.LanguageModel``, pretrained on the world's text first.
 - **LoRA** (``add_lora``/``merge_lora``): low-rank adapters, the efficient alternative to
   tuning every weight of the LM.
-- **Chat data** (``instruction_data``): ``<user> question <assistant> answer <eos>``; the loss
+- **Chat data** (``instruction_data``, also the text the LM is pretrained on): ``<user> question <assistant> answer <eos>``; the loss
   covers only the assistant's tokens.
 - **Evaluation against the world's exact truth**: accuracy per question type, POPE probes with
   random, popular and adversarial negatives (``pope_probes``/``pope_scores``) and CHAIR
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -102,12 +103,6 @@ def instruction_data(n: int, *, split: str = "train", seed: int = 0, held_out=()
               "qtype": torch.tensor([world.QUESTION_TYPES.index(question_type(q)) for q in qa.texts])}
     lengths = (tokens != tokenizer.pad_id).sum(1)
     return WorldDataset(qa.images, labels, qa.texts, tokens, lengths, None, qa.scenes, tokenizer)
-
-
-def text_data(n: int, *, seed: int = 0, held_out=(), tokenizer: Tokenizer | None = None) -> WorldDataset:
-    """World text for pretraining the language model: question-answer exchanges (and nothing
-    else: the LM learns the chat format and the language prior from them)."""
-    return instruction_data(n, seed=seed, held_out=held_out, tokenizer=tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +342,23 @@ class VisionLanguageModel(nn.Module):
         return replies
 
 
+def chat(model: VisionLanguageModel, image: torch.Tensor, question: str, show: bool = True, **sampling) -> str:
+    """Ask ``model`` one question about one image (3, H, W) in [0, 1]; returns the reply and, with
+    ``show``, draws the image with the exchange as its title."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"expected one image of shape (3, H, W), got {shape}")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("ask a question, e.g. 'what colour is the square ?'")
+    reply = model.answer(image[None], [question], **sampling)[0]
+    if show:
+        fig, ax = plt.subplots(figsize=(2.6, 2.9))
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+        ax.set_title(f"{question}\n→ {reply}", fontsize=9, fontweight="normal")
+        ax.axis("off")
+    return reply
+
+
 def language_model_loss(lm: LanguageModel, pad_id: int):
     """Next-token cross-entropy over every real token: the loss of text-only pretraining."""
     def loss(batch: dict) -> dict:
@@ -423,6 +435,19 @@ def accuracy_by_type(replies: Sequence[str], data: WorldDataset) -> dict[str, fl
         if chosen.any():
             table[kind] = float(right[chosen].mean())
     return table
+
+
+def majority_baseline(train: WorldDataset, test: WorldDataset) -> dict[str, float]:
+    """The best a model that never looks can do: for each question type, always give the answer
+    most frequent in ``train``; accuracy on ``test``, overall and per type."""
+    replies = []
+    best = {}
+    for kind in range(len(world.QUESTION_TYPES)):
+        answers = train.labels["answer"][train.labels["qtype"] == kind]
+        if len(answers):
+            best[kind] = ANSWERS[int(answers.mode().values)]
+    replies = [best.get(int(k), "") for k in test.labels["qtype"]]
+    return accuracy_by_type(replies, test)
 
 
 POPE_STRATEGIES = ("random", "popular", "adversarial")

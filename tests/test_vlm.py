@@ -154,7 +154,16 @@ def test_gated_cross_attention_is_the_identity_at_initialisation(tok):
 
 
 def test_blind_and_bad_input(tok):
+    import matplotlib
+    matplotlib.use("Agg")
+    from mmlib.vlm import chat
+
     model = small_vlm(tok)
+    assert isinstance(chat(model, torch.rand(3, 32, 32), "how many shapes are there ?"), str)
+    with pytest.raises(ValueError, match=r"one image of shape \(3, H, W\)"):
+        chat(model, torch.rand(1, 3, 32, 32), "how many shapes are there ?")
+    with pytest.raises(ValueError, match="ask a question"):
+        chat(model, torch.rand(3, 32, 32), "")
     assert model.answer(None, ["how many shapes are there ?"])[0] is not None, "blind: the LM alone"
     with pytest.raises(ValueError, match="did you forget the batch dimension"):
         model.answer(torch.rand(3, 32, 32), ["how many shapes are there ?"])
@@ -248,6 +257,16 @@ def test_chair_counts_mentioned_objects_that_are_not_there():
     descriptions = ["two shapes : a small red circle and a small blue circle", "a large green star"]
     assert chair(descriptions, scenes) == pytest.approx({"chair_i": 1 / 3, "chair_s": 0.5})
     assert chair(["gibberish words", "a large green star"], scenes)["chair_s"] == 0.5
+
+
+def test_the_majority_baseline_always_gives_the_most_frequent_answer(tok):
+    from mmlib.vlm import majority_baseline
+
+    train = instruction_data(400, seed=5, tokenizer=tok)
+    table = majority_baseline(train, train)
+    sizes = train.labels["answer"][train.labels["qtype"] == world.QUESTION_TYPES.index("size")]
+    assert table["size"] == pytest.approx(float((sizes == sizes.mode().values).float().mean()))
+    assert 0.4 < table["exists"] < 0.6 and table["color"] < 0.3
 
 
 def test_accuracy_by_type_is_exact_match(tok):
