@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXTRA_BENCHMARKS: list[str] = ["world.py", "train.py", "ddp.py"]  # scripts beside this one that print rows of their own
+EXTRA_BENCHMARKS: list[str] = ["world.py", "train.py", "ddp.py", "generate.py", "contention.py"]  # scripts beside this one that print rows of their own
 
 
 def run_one(path: Path) -> dict:
@@ -50,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
     rows = []
-    for path in notebooks:
-        proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True)
+    # A fresh weights cache, shared by the chapters of this run (chapter 5 trains the book's CLIP,
+    # later chapters load it), so the times are those of a first run in the book's order.
+    cache = tempfile.TemporaryDirectory()
+    env = {**os.environ, "MMLIB_CACHE": cache.name}
+    for number, path in enumerate(notebooks, 1):
+        print(f"[{number}/{len(notebooks)}] {path.name} ...", end=" ", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
+                              env=env)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             print(f"FAILED: {path.name}", file=sys.stderr)
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{rows[-1]['wall_s']:.0f} s, peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
+    cache.cleanup()
     width = max(len(r["notebook"]) for r in rows)
     print(f"{'notebook':<{width}}  {'wall s':>8}  {'peak MB':>8}")
     for r in rows:

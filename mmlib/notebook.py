@@ -8,6 +8,8 @@ installed, the fallback below simply shows the value, so the same notebook runs 
 from __future__ import annotations
 
 import inspect
+import os
+import time
 from typing import Any
 
 import torch
@@ -34,14 +36,62 @@ def glue(name: str, value: Any, display: bool = True) -> None:
         ipy_display(value)
 
 
+def busy_cpus(interval: float = 0.25) -> float:
+    """How many CPUs other processes keep busy right now (Linux: from /proc/stat over
+    ``interval`` seconds; elsewhere the 1-minute load average; 0 if neither is available)."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+        return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+    except OSError:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def choose_threads() -> int:
+    """torch's thread count for this machine now: the CPUs this process may use, less those
+    other jobs keep busy, at least one. Two jobs that each use every core slow each other down
+    far more than twofold (benchmarks/contention.py measures it). ``MMLIB_THREADS`` overrides
+    the choice (the thread count can change the last digits of a result: set it to compare runs
+    made under different loads)."""
+    if os.environ.get("MMLIB_THREADS"):
+        value = os.environ["MMLIB_THREADS"]
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MMLIB_THREADS must be a positive whole number, got {value!r}")
+        return int(value)
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(available, round(available - busy_cpus())))
+
+
 def setup(seed: int = 0, verbose: bool = True) -> torch.device:
-    """Seed everything, choose the device, set the book's figure style; return the device."""
+    """Seed everything, choose the device and torch's thread count, set the book's figure
+    style; return the device."""
     seed_everything(seed)
     use_book_style()
+    _sharp_figures()
     device = default_device()
+    if device.type == "cpu":
+        torch.set_num_threads(choose_threads())
     if verbose:
-        print(f"mmlib {mmlib.__version__} | torch {torch.__version__} | device: {device} | seed: {seed}")
+        print(f"mmlib {mmlib.__version__} | torch {torch.__version__} | device: {device} | seed: {seed} | "
+              f"threads: {torch.get_num_threads()}")
     return device
+
+
+def _sharp_figures() -> None:
+    """Inline figures as 'retina' PNGs (twice the pixels, same size on the page), when running
+    under IPython; elsewhere nothing to do."""
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - plain Python without Jupyter
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
 
 
 def show_source(obj) -> Any:

@@ -313,7 +313,8 @@ def run(config: Config) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", description=(
+    parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description=(
         "Contrastive (CLIP or SigLIP) pretraining of the book's CLIP on its world, on one process "
         "or under torchrun --nproc_per_node=N (data parallel, global-batch contrastive loss)."))
     defaults = Config()
@@ -324,7 +325,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps in total")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--loss", default=defaults.loss, help="clip (softmax) or siglip (sigmoid)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data, the model and the batches")
     parser.add_argument("--out", default=None, help="checkpoint to write (rank 0 only)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
     parser.add_argument("--save-every", type=int, default=0, help="also checkpoint every this many steps")

@@ -1,5 +1,6 @@
 """mmlib.train and mmlib.notebook: seeding, device, setup and glue."""
 
+import os
 import random
 
 import numpy as np
@@ -58,3 +59,18 @@ def test_glue_with_myst_nb_records_the_value(monkeypatch):
 def test_glue_names_must_be_identifiers(name):
     with pytest.raises(ValueError, match="identifiers"):
         notebook.glue(name, 1)
+
+
+def test_thread_choice_respects_the_machine_and_the_override(monkeypatch):
+    from mmlib.notebook import busy_cpus, choose_threads
+
+    assert 0 <= busy_cpus(0.05) <= (os.cpu_count() or 1) + 0.5
+    monkeypatch.setattr(notebook, "busy_cpus", lambda interval=0.25: 0.0)
+    assert choose_threads() == len(os.sched_getaffinity(0)), "an idle machine: every core"
+    monkeypatch.setattr(notebook, "busy_cpus", lambda interval=0.25: 100.0)
+    assert choose_threads() == 1, "a busy machine: one thread, never zero"
+    monkeypatch.setenv("MMLIB_THREADS", "3")
+    assert choose_threads() == 3
+    monkeypatch.setenv("MMLIB_THREADS", "many")
+    with pytest.raises(ValueError, match="positive whole number"):
+        choose_threads()
