@@ -312,8 +312,17 @@ def run(config: Config) -> dict:
         distributed.leave()
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, except where it says nothing (None, flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m mmlib.pretrain", formatter_class=_DefaultsFormatter,
                                      description=(
         "Contrastive (CLIP or SigLIP) pretraining of the book's CLIP on its world, on one process "
         "or under torchrun --nproc_per_node=N (data parallel, global-batch contrastive loss)."))

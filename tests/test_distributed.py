@@ -143,3 +143,12 @@ def test_bad_arguments_are_explained(tmp_path, capsys):
             check_config(Config(backend="nccl"), world_size=1)
     assert main(["--backend", "mpi"]) == 2
     assert "unknown backend 'mpi'" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_that_say_something(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 200)" in text and "(default: 20000)" in text
+    assert "(default: None)" not in text and "(default: True)" not in text
+    assert "--seed SEED seed of" in text
