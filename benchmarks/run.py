@@ -42,6 +42,8 @@ def run_one(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: book/*.ipynb)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run every notebook even when one fails (report the failures at the end)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in notebooks if not p.exists()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
-    rows = []
+    rows, failed = [], []
     # A fresh weights cache, shared by the chapters of this run (chapter 5 trains the book's CLIP,
     # later chapters load it), so the times are those of a first run in the book's order.
     cache = tempfile.TemporaryDirectory()
@@ -63,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             print(f"FAILED: {path.name}", file=sys.stderr)
-            return 1
+            if not args.keep_going:
+                return 1
+            failed.append(path.name)
+            continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{rows[-1]['wall_s']:.0f} s, peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
     cache.cleanup()
@@ -72,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['peak_mb']:>8.0f}")
     print(f"{'total':<{width}}  {sum(r['wall_s'] for r in rows):>8.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
+    if failed:
+        print(f"FAILED ({len(failed)}): {', '.join(failed)}")
+        return 1
     for script in EXTRA_BENCHMARKS:
         print()
         subprocess.run([sys.executable, str(Path(__file__).parent / script)], cwd=ROOT, check=True)

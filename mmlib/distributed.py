@@ -36,14 +36,17 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), len(local)
-        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        parts = [torch.empty_like(local)
+                 for _ in range(dist.get_world_size())]
         dist.all_gather(parts, local.contiguous())
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # every process's loss depends on this shard: add their gradients
+        # Every process's loss depends on every shard: sum their gradients,
+        # then keep the rows of this process's own shard.
+        dist.all_reduce(grad)
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 

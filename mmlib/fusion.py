@@ -106,22 +106,35 @@ class LateFusion(Fusion):
 
 
 class GatedFusion(Fusion):
-    """Gated multimodal unit (GMU): a learned, per-sample weighting of the modalities."""
+    """Gated multimodal unit (GMU, Arevalo et al. 2017): per dimension, a learned gate decides
+    how much of each modality's projection to let through.
+
+    h_m = tanh(W_m x_m);  z = sigmoid(W_z [x_1; ...; x_M])
+    two modalities:   h = z * h_1 + (1 - z) * h_2          (z has one entry per dimension)
+    M modalities:     h = sum_m z_m * h_m                  (the paper's extension: one gate each)
+
+    A missing modality's gate is closed (its z is 0; with two, the other one's is 1).
+    """
 
     def __init__(self, dims, out_dim):
         super().__init__(dims, out_dim)
         self.proj = nn.ModuleList(nn.Linear(d, out_dim) for d in self.dims)
-        self.gate = nn.Linear(sum(self.dims), len(self.dims))
-        self.last_gate: torch.Tensor | None = None  # (B, M): how much each modality counted
+        n_gates = 1 if len(self.dims) == 2 else len(self.dims)
+        self.gate = nn.Linear(sum(self.dims), n_gates * out_dim)
+        self.last_gate: torch.Tensor | None = None  # (B, M, out): each modality's share
 
     def fuse(self, feats):
         pooled = self.pooled_or_zeros(feats, self.dims)
         h = torch.stack([torch.tanh(p(x)) for p, x in zip(self.proj, pooled)], dim=1)  # (B, M, out)
-        logits = self.gate(torch.cat(pooled, dim=1))
-        missing = torch.tensor([f is None for f in feats], device=logits.device)
-        z = logits.masked_fill(missing, float("-inf")).softmax(-1)  # (B, M)
+        z = torch.sigmoid(self.gate(torch.cat(pooled, dim=1))).view(len(h), -1, self.out_dim)
+        if len(self.dims) == 2:
+            z = torch.cat([z, 1 - z], dim=1)  # (B, 2, out): z and 1 - z
+        present = torch.tensor([f is not None for f in feats], device=z.device)
+        z = z * present.view(1, -1, 1)
+        if len(self.dims) == 2 and not present.all():
+            z = present.view(1, -1, 1).float().expand_as(z)  # only one modality: take it whole
         self.last_gate = z.detach()
-        return (z.unsqueeze(-1) * h).sum(1)
+        return (z * h).sum(1)
 
 
 class TensorFusion(Fusion):

@@ -11,6 +11,7 @@ import datetime as _dt
 import difflib
 import html
 import re
+import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -341,13 +342,20 @@ def _pack_lanes(intervals: list[tuple[float, float]], gap: float) -> list[int]:
     return lanes
 
 
+def _label(name: str, width: int = 16) -> str:
+    """An event's name on at most two lines (long names would not fit the early panel)."""
+    if len(name) <= width + 4:
+        return name
+    return "\n".join(textwrap.wrap(name, width + 2, max_lines=2, placeholder="…"))
+
+
 def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
     """Events by date, coloured by modality combination, OpenAI's events highlighted.
 
     The years before ``split_year`` are few and far apart, so they get a narrower panel of their
     own (a broken time axis). Labels are packed into lanes so that none overlaps. Returns the figure.
     """
-    width_in, ratios = 11.0, (1.3, 2.6)
+    width_in, ratios, size = 6.9, (1.5, 2.4), 8  # page width (mmlib.plot.PAGE_WIDTH), font pt
     first, last = timeline[0].decimal_year, timeline[-1].decimal_year
     spans = ((first - 1.5, split_year), (split_year, last + 1.6))
     panels = []
@@ -356,14 +364,16 @@ def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
         events = [e for e in timeline if lo <= e.decimal_year < hi]
         placed = []  # (event, label on the left?, interval the label covers)
         for e in events:
-            width = (0.075 * len(e.name) + 0.2) * years_per_inch  # ~7.5 pt font
+            longest = max(len(line) for line in _label(e.name).split("\n"))
+            width = (0.01 * size * longest + 0.2) * years_per_inch  # label width in years
             left = e.decimal_year + width > hi and e.decimal_year - width >= lo
             span = (e.decimal_year - width, e.decimal_year) if left else (e.decimal_year, e.decimal_year + width)
             placed.append((e, left, span))
         lanes = _pack_lanes([span for _, _, span in placed], 0.05 * years_per_inch)
         panels.append([(e, left, lane) for (e, left, _), lane in zip(placed, lanes)])
     n_lanes = max(lane for panel in panels for _, _, lane in panel) + 1
-    fig, axes = plt.subplots(1, 2, figsize=(width_in, 0.36 * n_lanes + 2.2), sharey=True,
+    height = 0.36 * n_lanes + 2.2
+    fig, axes = plt.subplots(1, 2, figsize=(width_in, height), sharey=True,
                              gridspec_kw={"width_ratios": ratios, "wspace": 0.03})
     for axis, (lo, hi), panel in zip(axes, spans, panels):
         for event, left, lane in panel:
@@ -372,8 +382,8 @@ def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
             axis.scatter(event.decimal_year, lane, s=60, zorder=3, color=color,
                          edgecolors=OPENAI_COLOR if event.is_openai else "white",
                          linewidths=2.2 if event.is_openai else 0.8)
-            axis.annotate(event.name, (event.decimal_year, lane), xytext=(-6 if left else 6, 0),
-                          textcoords="offset points", fontsize=7.5, va="center", ha="right" if left else "left", color=OPENAI_COLOR if event.is_openai else "#222222",
+            axis.annotate(_label(event.name), (event.decimal_year, lane), xytext=(-6 if left else 6, 0),
+                          textcoords="offset points", fontsize=size, va="center", ha="right" if left else "left", color=OPENAI_COLOR if event.is_openai else "#222222",
                           fontweight="bold" if event.is_openai else "normal")
         axis.set_xlim(lo, hi)
         axis.set_xlabel("year")
@@ -390,9 +400,10 @@ def plot_timeline(timeline: Timeline, split_year: float = 2016.8):
     handles = [Line2D([], [], marker="o", ls="", color=combination_color(c.split(" + ")), label=c) for c in combos]
     handles.append(Line2D([], [], marker="o", ls="", color="#9E9E9E", markeredgecolor=OPENAI_COLOR,
                           markeredgewidth=2, label="OpenAI (outlined)"))
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("A timeline of multimodal models, coloured by the modalities they combine", fontweight="bold")
-    fig.subplots_adjust(left=0.02, right=0.99, top=0.88, bottom=0.25)
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=size, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Multimodal models by date, coloured by the modalities they combine",
+                 fontweight="bold", fontsize=11)
+    fig.subplots_adjust(left=0.02, right=0.99, top=1 - 0.55 / height, bottom=1.3 / height)
     return fig
 
 

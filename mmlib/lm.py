@@ -19,28 +19,33 @@ Cache = list  # one (keys, values) pair per block, each (B, heads, T, head_dim)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position t sees positions <= t only."""
+    """Multi-head self-attention: position t sees positions <= t only."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, past: tuple | None = None,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(self, x, past=None, mask=None):
+        """x: (B, T, C); past: cached (keys, values) of earlier positions;
+        mask: boolean (T, T_past + T), True where attention is allowed.
+        Returns the output (B, T, C) and the new cache."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, H, T, hd)
+        hd = C // self.heads
+        q, k, v = (t.view(B, T, self.heads, hd).transpose(1, 2)  # B,H,T,hd
                    for t in self.qkv(x).split(C, dim=2))
-        if past is not None:  # the new positions come after every cached one
+        if past is not None:  # the new positions come after the cached ones
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        attend = F.scaled_dot_product_attention
         if mask is None and past is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = attend(q, k, v, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(B, T, C)), (k, v)
+            y = attend(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # join the heads
+        return self.out(y), (k, v)
 
 
 class Block(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from mmlib import objectives
 from mmlib.data import BATCH_KEYS, IMAGE, TOKENS
-from mmlib.distributed import gather
+from mmlib.distributed import gather, rank, world_size
 from mmlib.encoders import Encoder
 from mmlib.fusion import Fusion, make_fusion
 from mmlib.text import Tokenizer
@@ -126,12 +126,15 @@ class DualEncoder(nn.Module):
     'clip' (softmax over the batch; the learnable logit scale starts at 1/0.07) or 'siglip' (a
     sigmoid per pair; scale 10 and a learnable bias -10, Zhai et al. 2023). The scale is clamped
     at ``max_scale`` after every optimiser step (``after_step``), as OpenCLIP does. Under
-    ``torchrun`` the loss gathers every process's embeddings: the negatives of the global batch.
+    ``torchrun`` the loss gathers every process's embeddings: the negatives of the global batch;
+    with ``local_loss`` each process then scores only its own rows against the global batch
+    (OpenCLIP's ``local_loss``: same gradients, logits of b x N*b instead of N*b x N*b).
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, embed_dim: int = 64,
                  loss: str = "clip", init_scale: float | None = None, max_scale: float = objectives.CLIP_MAX_SCALE,
-                 learn_scale: bool = True, init_bias: float = objectives.SIGLIP_INIT_BIAS):
+                 learn_scale: bool = True, init_bias: float = objectives.SIGLIP_INIT_BIAS,
+                 local_loss: bool = False):
         super().__init__()
         if loss not in CONTRASTIVE_LOSSES:
             raise ValueError(f"unknown contrastive loss {loss!r}: expected one of {CONTRASTIVE_LOSSES}")
@@ -139,7 +142,7 @@ class DualEncoder(nn.Module):
             init_scale = objectives.CLIP_INIT_SCALE if loss == "clip" else objectives.SIGLIP_INIT_SCALE
         if not 0 < init_scale <= max_scale:
             raise ValueError(f"need 0 < init_scale <= max_scale, got {init_scale} and {max_scale}")
-        self.loss_name = loss
+        self.loss_name, self.local_loss = loss, local_loss
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_proj = nn.Linear(image_encoder.dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_encoder.dim, embed_dim, bias=False)
@@ -175,8 +178,16 @@ class DualEncoder(nn.Module):
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The contrastive loss over the (global) batch, and the current logit scale."""
-        image_emb, text_emb = (gather(e) for e in self(batch))
-        if self.loss_name == "clip":
+        local_image, local_text = self(batch)
+        image_emb, text_emb = gather(local_image), gather(local_text)
+        if self.local_loss and world_size() > 1:
+            offset = rank() * len(local_image)
+            if self.loss_name == "clip":
+                value = objectives.clip_loss_local(local_image, local_text, image_emb, text_emb, offset,
+                                                   self.scale)
+            else:
+                value = objectives.siglip_loss_local(local_image, text_emb, offset, self.scale, self.bias)
+        elif self.loss_name == "clip":
             value = objectives.clip_loss(image_emb, text_emb, self.scale)
         else:
             value = objectives.siglip_loss(image_emb, text_emb, self.scale, self.bias)

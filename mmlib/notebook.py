@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import textwrap
 import time
 from typing import Any
 
@@ -98,4 +99,36 @@ def show_source(obj) -> Any:
     """Display the source code of a function or class from mmlib, highlighted (chapter 3)."""
     from IPython.display import Code  # IPython comes with Jupyter, not with mmlib: import on use
 
-    return Code(inspect.getsource(obj), language="python")
+    return Code(textwrap.dedent(inspect.getsource(obj)), language="python")
+
+
+def seed_spread(claim: str) -> dict[str, dict]:
+    """The seed-spread benchmark's table for one claim (``benchmarks/seeds.py --write`` stores
+    it in ``mmlib/seed_spread.json``): name -> {"mean", "std", "values"} over its seeds."""
+    import json
+    from importlib import resources
+
+    stored = json.loads(resources.files("mmlib").joinpath("seed_spread.json").read_text())
+    if claim not in stored:
+        raise KeyError(f"no seed spread for {claim!r}: the benchmark measured {sorted(stored)}; "
+                       f"run python benchmarks/seeds.py {claim} --write")
+    return stored[claim]["rows"]
+
+
+def print_spread(claim: str, this_run: dict[str, float] | None = None,
+                 names: list[str] | None = None) -> None:
+    """A table of this run's numbers beside the mean ± std over seeds from the benchmark
+    (the rows of ``names``; by default those of ``this_run``, or all)."""
+    rows = seed_spread(claim)
+    names = names or [n for n in rows if this_run is None or n in this_run]
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise KeyError(f"the {claim!r} spread has no rows {unknown}; it has {list(rows)}")
+    seeds = len(next(iter(rows.values()))["values"])
+    width = max(len(n) for n in names)
+    head = f"{'':<{width}}  {'this run':>8}  over {seeds} seeds"
+    print(head if this_run is not None else head.replace(f"  {'this run':>8}", ""))
+    for name in names:
+        row = rows[name]
+        ours = f"  {this_run.get(name, float('nan')):>8.3f}" if this_run is not None else ""
+        print(f"{name:<{width}}{ours}  {row['mean']:.3f} ± {row['std']:.3f}")

@@ -4,6 +4,8 @@ Each is testable on random tensors. Formulas and constants (see the bibliography
 
 - ``clip_loss``: symmetric InfoNCE over the batch's similarity matrix (Radford et al. 2021, Fig. 3).
 - ``siglip_loss``: a sigmoid on every pair, +1 on the diagonal and -1 elsewhere (Zhai et al. 2023).
+- ``clip_loss_local`` / ``siglip_loss_local``: one process's rows of the global-batch loss
+  (OpenCLIP's ``local_loss``): the same gradients, without the full logit matrix.
 - ``itm_loss``: image-text matching with hard negatives drawn from the contrastive similarities
   (ALBEF, Li et al. 2021).
 - ``bag_of_words_loss``: predict the caption's words from the image, order ignored.
@@ -46,11 +48,18 @@ def similarity_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: to
     return scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float = CLIP_INIT_SCALE) -> torch.Tensor:
-    """Symmetric InfoNCE: cross-entropy with the diagonal as targets, over rows and over columns."""
+def _scaled_cosines(a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
+    return scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def clip_loss(image_emb, text_emb, scale=CLIP_INIT_SCALE):
+    """Symmetric InfoNCE: cross-entropy with the diagonal as targets,
+    over rows (image -> text) and over columns (text -> image)."""
     logits = similarity_logits(image_emb, text_emb, scale)
     targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    rows = F.cross_entropy(logits, targets)
+    columns = F.cross_entropy(logits.T, targets)
+    return (rows + columns) / 2
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float = 10.0,
@@ -59,6 +68,47 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Te
     logits = similarity_logits(image_emb, text_emb, scale) + bias
     labels = 2 * torch.eye(len(logits), device=logits.device) - 1
     return -F.logsigmoid(labels * logits).sum() / len(logits)
+
+
+def clip_loss_local(image_emb, text_emb, all_image, all_text, offset,
+                    scale=CLIP_INIT_SCALE):
+    """The CLIP loss of one process's rows (OpenCLIP's ``local_loss``).
+
+    This process's b images against all N*b texts, and its b texts against
+    all N*b images: two (b, N*b) logit matrices instead of one (N*b, N*b).
+    Its partners sit at ``offset`` ... ``offset + b - 1`` of the gathered
+    batch. The mean of this loss over the N processes is ``clip_loss`` of
+    the whole batch, and so are the gradients (DDP averages them).
+    """
+    _check_pair(image_emb, text_emb)
+    _check_pair(all_image, all_text)
+    if not 0 <= offset <= len(all_image) - len(image_emb):
+        raise ValueError(f"offset {offset} does not place {len(image_emb)} rows "
+                         f"inside a gathered batch of {len(all_image)}")
+    per_image = _scaled_cosines(image_emb, all_text, scale)  # (b, N*b)
+    per_text = _scaled_cosines(text_emb, all_image, scale)  # (b, N*b)
+    targets = offset + torch.arange(len(image_emb), device=image_emb.device)
+    rows = F.cross_entropy(per_image, targets)
+    columns = F.cross_entropy(per_text, targets)
+    return (rows + columns) / 2
+
+
+def siglip_loss_local(image_emb, all_text, offset, scale=10.0,
+                      bias=SIGLIP_INIT_BIAS):
+    """The SigLIP loss of one process's images against all N*b texts: a sum
+    over pairs needs no softmax over a whole row, so each pair is counted by
+    exactly one process. The mean over processes is ``siglip_loss``."""
+    if image_emb.dim() != 2 or all_text.dim() != 2 or image_emb.shape[1] != all_text.shape[1]:
+        raise ValueError(f"expected (b, D) images and (N*b, D) texts, got "
+                         f"{tuple(image_emb.shape)} and {tuple(all_text.shape)}")
+    if not 0 <= offset <= len(all_text) - len(image_emb):
+        raise ValueError(f"offset {offset} does not place {len(image_emb)} rows "
+                         f"inside a gathered batch of {len(all_text)}")
+    logits = _scaled_cosines(image_emb, all_text, scale) + bias  # (b, N*b)
+    labels = -torch.ones_like(logits)
+    rows = torch.arange(len(image_emb), device=logits.device)
+    labels[rows, offset + rows] = 1
+    return -F.logsigmoid(labels * logits).sum() / len(image_emb)
 
 
 def sample_hard_negatives(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -52,13 +52,19 @@ def combination_color(modalities: Iterable[str]) -> str:
     return COMBINATION_COLORS.get(" + ".join(mods), "#7F7F7F")
 
 
+PAGE_WIDTH = 6.9
+"""Inches a figure may be wide: the built page's text column is ~690 CSS px (100 dpi), so a
+figure of this width is shown at its own size and its 9-10 pt labels stay 9-10 pt. A wider
+figure is shrunk to fit, and its labels with it."""
+
+
 def use_book_style() -> None:
     """Figure defaults for the book: readable at page width, light grid, no top/right spines."""
     mpl.rcParams.update(
         {
             "figure.dpi": 100,
             "savefig.dpi": 150,
-            "figure.figsize": (8, 4.5),
+            "figure.figsize": (PAGE_WIDTH, 3.9),
             "font.size": 10,
             "axes.titlesize": 12,
             "axes.titleweight": "bold",
@@ -71,8 +77,9 @@ def use_book_style() -> None:
     )
 
 
-def show_images(images, captions=None, ncols: int = 6, title: str | None = None, width: float = 1.7):
-    """A grid of images (tensor (n, 3, H, W) in [0, 1]) with their captions underneath."""
+def show_images(images, captions=None, ncols: int = 6, title: str | None = None, width: float | None = None):
+    """A grid of images (tensor (n, 3, H, W) in [0, 1]) with their captions underneath;
+    ``width``: inches per image (default: the page's width over ``ncols``)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (n, 3, H, W), got {tuple(images.shape)}")
     n = len(images)
@@ -80,14 +87,17 @@ def show_images(images, captions=None, ncols: int = 6, title: str | None = None,
         raise ValueError(f"got {n} images but {len(captions)} captions")
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + (0.55 if captions else 0)) * nrows),
+    width = width or PAGE_WIDTH / ncols
+    chars = max(10, int(width * 14))  # characters of 8-pt text across one image
+    lines = max((len(textwrap.wrap(c, chars)) for c in captions), default=0) if captions else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + 0.17 * lines) * nrows),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
         if captions is not None:
-            ax.set_title("\n".join(textwrap.wrap(captions[i], 22)), fontsize=7.5, fontweight="normal")
+            ax.set_title("\n".join(textwrap.wrap(captions[i], chars)), fontsize=8, fontweight="normal")
     if title:
         fig.suptitle(title, fontweight="bold")
     fig.tight_layout()
@@ -97,7 +107,7 @@ def show_images(images, captions=None, ncols: int = 6, title: str | None = None,
 def show_sound(wave, sample_rate: int, title: str | None = None, n_mels: int = 32):
     """A waveform (1-D tensor) and its log-mel spectrogram, one above the other."""
     wave = torch.as_tensor(wave).flatten().float().cpu()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(PAGE_WIDTH, 3.8), sharex=True)
     t = torch.arange(len(wave)) / sample_rate
     top.plot(t, wave, lw=0.6, color=MODALITY_COLORS["audio"])
     top.set_ylabel("amplitude")
@@ -121,7 +131,8 @@ def show_attention(image, weights, words, grid: int, title: str | None = None):
     weights = weights.detach().cpu()
     if weights.shape != (len(words), grid * grid):
         raise ValueError(f"expected weights of shape ({len(words)}, {grid * grid}), got {tuple(weights.shape)}")
-    fig, axes = plt.subplots(1, len(words) + 1, figsize=(1.6 * (len(words) + 1), 2.0))
+    side = min(1.6, PAGE_WIDTH / (len(words) + 1))
+    fig, axes = plt.subplots(1, len(words) + 1, figsize=(side * (len(words) + 1), side + 0.4))
     axes[0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
     axes[0].set_title("image", fontsize=9, fontweight="normal")
     for ax, word, w in zip(axes[1:], words, weights):
@@ -135,7 +146,7 @@ def show_attention(image, weights, words, grid: int, title: str | None = None):
     return fig
 
 
-def show_grid(images, ncols: int, row_labels=None, title: str | None = None, width: float = 8.0):
+def show_grid(images, ncols: int, row_labels=None, title: str | None = None, width: float = PAGE_WIDTH):
     """Images (n, 3, H, W) in [0, 1] tiled into one picture, ``ncols`` per row
     (``torchvision.utils.make_grid``), with a label at the start of each row."""
     if images.dim() != 4 or images.shape[1] != 3:
@@ -165,12 +176,12 @@ def show_similarity(similarity, rows, columns, title: str | None = None):
     if similarity.shape != (len(rows), len(columns)):
         raise ValueError(f"a {tuple(similarity.shape)} matrix needs {similarity.shape[0]} row and "
                          f"{similarity.shape[1]} column labels, got {len(rows)} and {len(columns)}")
-    fig, ax = plt.subplots(figsize=(0.9 * len(columns) + 1.5, 0.6 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH, 0.9 * len(columns) + 1.5), 0.6 * len(rows) + 1.6))
     ax.imshow(similarity.numpy(), cmap="viridis")
-    ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=7)
+    ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for (i, j), value in np.ndenumerate(similarity.numpy()):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w")
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="w")
     ax.grid(False)
     if title:
         ax.set_title(title)

@@ -262,6 +262,7 @@ class Config:
     steps: int = 200
     lr: float = 4e-3
     loss: str = "clip"
+    local_loss: bool = False
     seed: int = 0
     out: str | None = None
     resume: bool = False
@@ -298,7 +299,8 @@ def run(config: Config) -> dict:
     device = distributed.join(config.backend)
     try:
         data = clip_pairs(config.pairs, config.seed)
-        model = clip_model(len(data.tokenizer), config.width, config.tower, config.loss, config.seed)
+        model = clip_model(len(data.tokenizer), config.width, config.tower, config.loss, config.seed,
+                           local_loss=config.local_loss)
         history = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                         seed=config.seed, device=device, checkpoint=config.out, save_every=config.save_every,
                         resume=config.resume, stop_at=config.stop_at, progress=config.progress,
@@ -334,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps in total")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--loss", default=defaults.loss, help="clip (softmax) or siglip (sigmoid)")
+    parser.add_argument("--local-loss", action="store_true",
+                        help="each process scores only its own rows against the global batch "
+                             "(same gradients, logits b x N*b instead of N*b x N*b)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data, the model and the batches")
     parser.add_argument("--out", default=None, help="checkpoint to write (rank 0 only)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")

@@ -153,7 +153,7 @@ class History:
         if ax is not None:
             ax.plot(*zip(*self.evals), marker="o", label=label)
             return ax.figure
-        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(6.9, 3.0), layout="constrained")
         left.plot(self.loss, lw=1)
         left.set(xlabel="step", ylabel="training loss", title="Loss")
         if self.evals:

@@ -138,37 +138,47 @@ def extract_features(encoder: nn.Module, data, key: str = "image", batch_size: i
     return out
 
 
-def adapt(encoder: Encoder, data, target: str, n_classes: int, strategy: str, *, key: str = "image",
-          steps: int = 60, batch_size: int = 32, lr: float = 1e-3, l2: float = 1e-3, seed: int = 0,
-          frozen_statistics: bool | None = None, device=None, progress: bool = False) -> Classifier:
-    """Train a ``Classifier`` on ``data[target]`` with one of ``STRATEGIES``, starting from a copy of
-    ``encoder`` (which is never modified). Gradient strategies take exactly ``steps`` optimiser
-    steps through the one loop, whatever the dataset size, so every k gets the same compute."""
+def adapt(encoder: Encoder, data, target: str, n_classes: int,
+          strategy: str, *, key: str = "image", steps: int = 60,
+          batch_size: int = 32, lr: float = 1e-3, l2: float = 1e-3,
+          seed: int = 0, frozen_statistics: bool | None = None,
+          device=None, progress: bool = False) -> Classifier:
+    """Train a ``Classifier`` on ``data[target]`` with one of
+    ``STRATEGIES``, from a copy of ``encoder`` (never modified).
+    Gradient strategies take exactly ``steps`` optimiser steps through
+    the one loop, whatever the dataset size: every k gets equal compute.
+    ``frozen_statistics``: batch norm uses its pretrained running
+    statistics (True) or each batch's (False); default: the pretrained
+    ones for every strategy but ``scratch``, which has none."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: expected one of {STRATEGIES}")
+        raise ValueError(f"unknown strategy {strategy!r}: "
+                         f"expected one of {STRATEGIES}")
     if target not in data.labels:
-        raise ValueError(f"the dataset has no label {target!r}; it has {sorted(data.labels)}")
+        raise ValueError(f"the dataset has no label {target!r}; "
+                         f"it has {sorted(data.labels)}")
     if len(data) == 0:
         raise ValueError("cannot adapt on an empty dataset")
     if not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device() if device is None else torch.device(device)
     torch.manual_seed(seed)
     encoder = copy.deepcopy(encoder).to(device)
     if strategy == "scratch":
         reinitialise(encoder, seed)
-    if frozen_statistics is None:
-        frozen_statistics = strategy in ("linear_probe", "lp_ft")
-    model = Classifier(encoder, n_classes, key, frozen_statistics=frozen_statistics).to(device)
+    if frozen_statistics is None:  # one policy for every pretrained start
+        frozen_statistics = strategy != "scratch"
+    model = Classifier(encoder, n_classes, key,
+                       frozen_statistics=frozen_statistics).to(device)
     labels = data.labels[target].to(device)
     if strategy in ("linear_probe", "lp_ft"):
-        probe = linear_probe(extract_features(encoder, data, key, device=device), labels, n_classes, l2=l2)
+        features = extract_features(encoder, data, key, device=device)
+        probe = linear_probe(features, labels, n_classes, l2=l2)
         model.head.load_state_dict(probe.state_dict())
     if strategy == "linear_probe":
         freeze(model.encoder)
         return model.eval()
-    fit(model, data, target, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
-        progress=progress, desc=strategy)
+    fit(model, data, target, steps=steps, batch_size=batch_size, lr=lr,
+        device=device, seed=seed, progress=progress, desc=strategy)
     return model.eval()
 
 

@@ -196,8 +196,10 @@ class InstructionResampler(Resampler):
 
     def forward(self, regions, instruction=None):
         q, logits, read = self.attend(regions, instruction)
-        whole = self.whole(self.norm(regions)).mean(1, keepdim=True).expand(-1, self.m, -1)
-        return self.out(torch.cat([read, read * q, whole, logits.amax(2, keepdim=True)], -1))
+        whole = self.whole(self.norm(regions)).mean(1, keepdim=True)
+        whole = whole.expand(-1, self.m, -1)  # the whole image, per query
+        peak = logits.amax(2, keepdim=True)  # how well the best region matched
+        return self.out(torch.cat([read, read * q, whole, peak], -1))
 
 
 class GatedCrossAttention(nn.Module):

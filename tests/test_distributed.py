@@ -21,37 +21,44 @@ from mmlib.train import _Objective, load_checkpoint
 GLOBAL_BATCH = 16
 
 
-def batch_and_model(loss):
+def batch_and_model(loss, local_loss=False):
     data = clip_pairs(GLOBAL_BATCH, seed=1)
-    return data, clip_model(len(data.tokenizer), width=32, tower="vit", loss=loss)
+    return data, clip_model(len(data.tokenizer), width=32, tower="vit", loss=loss,
+                            local_loss=local_loss)
 
 
-def _worker(rank, world_size, init_file, out, loss):
+def _worker(rank, world_size, init_file, out, loss, local_loss):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
-        data, model = batch_and_model(loss)
+        data, model = batch_and_model(loss, local_loss)
         local = GLOBAL_BATCH // world_size
         ddp = torch.nn.parallel.DistributedDataParallel(_Objective(model, None))
         value = ddp(data.batch(torch.arange(rank * local, (rank + 1) * local)))["loss"]
         value.backward()
-        if rank == 0:
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-            torch.save({"loss": value.detach(), "grads": grads}, out)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        torch.save({"loss": value.detach(), "grads": grads}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
-def test_two_processes_give_the_single_process_loss_and_gradients(loss):
+@pytest.mark.parametrize("loss,local_loss", [("clip", False), ("siglip", False),
+                                             ("clip", True), ("siglip", True)])
+def test_two_processes_give_the_single_process_loss_and_gradients(loss, local_loss):
+    """The full loss on every process, or each process's own rows (local_loss): either way DDP
+    trains with exactly the single-process gradients of the global batch."""
     data, model = batch_and_model(loss)
     value = model.loss(data.batch(torch.arange(GLOBAL_BATCH)))["loss"]
     value.backward()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rank0.pt"
-        mp.spawn(_worker, args=(2, str(Path(tmp) / "init"), str(out), loss), nprocs=2, join=True)
-        result = torch.load(out, weights_only=True)
-    assert abs(result["loss"].item() - value.item()) < 1e-5
+        out = Path(tmp) / "rank"
+        mp.spawn(_worker, args=(2, str(Path(tmp) / "init"), str(out), loss, local_loss), nprocs=2, join=True)
+        results = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    result = results[0]
+    # the full loss is the same on every process; local losses average to it
+    losses = [r["loss"].item() for r in results]
+    assert abs(sum(losses) / 2 - value.item()) < 1e-5
+    assert (abs(losses[0] - losses[1]) < 1e-6) == (not local_loss)
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(result["grads"]) == set(expected)
     for name, grad in expected.items():

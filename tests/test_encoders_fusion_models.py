@@ -111,6 +111,21 @@ def test_late_fusion_with_one_modality_left_is_that_modality_alone():
     assert torch.allclose(fusion([f[0], None]), alone, atol=1e-5)
 
 
+def test_gmu_is_the_papers_per_dimension_gate():
+    """Arevalo et al. (2017), eq. 1-4: h = z * tanh(W_v x_v) + (1 - z) * tanh(W_t x_t),
+    z = sigmoid(W_z [x_v; x_t]), one gate value per output dimension."""
+    fusion = make_fusion("gmu", [16, 24], 12)
+    f = feats([16, 24])
+    x_v, x_t = f[0].pooled, f[1].pooled
+    h_v, h_t = torch.tanh(fusion.proj[0](x_v)), torch.tanh(fusion.proj[1](x_t))
+    z = torch.sigmoid(x_v @ fusion.gate.weight[:, :16].T + x_t @ fusion.gate.weight[:, 16:].T
+                      + fusion.gate.bias)
+    assert z.shape == (4, 12)  # per dimension, not one weight per modality
+    assert torch.allclose(fusion(f), z * h_v + (1 - z) * h_t, atol=1e-6)
+    # one modality missing: the other passes through whole
+    assert torch.allclose(fusion([f[0], None]), h_v, atol=1e-6)
+
+
 def test_lowrank_factors_are_registered_parameters():
     fusion = LowRankFusion([16, 24], 12, rank=4)
     n_params = sum(p.numel() for p in fusion.parameters())

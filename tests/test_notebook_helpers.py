@@ -74,3 +74,35 @@ def test_thread_choice_respects_the_machine_and_the_override(monkeypatch):
     monkeypatch.setenv("MMLIB_THREADS", "many")
     with pytest.raises(ValueError, match="positive whole number"):
         choose_threads()
+
+
+def test_seed_spread_is_shipped_and_explains_unknown_claims(capsys):
+    from mmlib.notebook import print_spread, seed_spread
+
+    rows = seed_spread("transfer")
+    row = rows["sketch lp_ft k=64"]
+    assert len(row["values"]) >= 3 and row["std"] >= 0
+    assert abs(row["mean"] - sum(row["values"]) / len(row["values"])) < 1e-3
+    with pytest.raises(KeyError, match="benchmarks/seeds.py"):
+        seed_spread("no such claim")
+    print_spread("lit", {"locked": 0.5})
+    lines = capsys.readouterr().out.splitlines()
+    assert "this run" in lines[0] and len(lines) == 2 and "0.500" in lines[1]
+    with pytest.raises(KeyError, match="has no rows"):
+        print_spread("lit", names=["nope"])
+
+
+def test_every_chapter_claim_has_its_seed_spread():
+    """The benchmark's table covers every claim the chapters print."""
+    import json
+    import re
+    from pathlib import Path
+
+    from mmlib.notebook import seed_spread
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    claims = {m for nb in book.glob("*.ipynb")
+              for m in re.findall(r'(?:print_spread|seed_spread)\(\\?"(\w+)', nb.read_text())}
+    assert claims >= {"fusion", "transfer", "lit"}
+    for claim in claims:
+        assert seed_spread(claim)

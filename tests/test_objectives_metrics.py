@@ -246,3 +246,26 @@ def test_captioning_model_shifts_and_scores_captions():
     assert targets.tolist() == [[5, 6, eos, 0], [7, 8, 9, eos]]
     ll = model.log_likelihood(torch.rand(2, 3, 32, 32), tokens)
     assert ll.shape == (2,) and (ll < 0).all()
+
+
+def test_local_losses_average_to_the_global_batch_loss_and_gradients():
+    """OpenCLIP's local_loss: N shards, each scoring its own rows against the whole batch."""
+    from mmlib.objectives import clip_loss_local, siglip_loss_local
+
+    torch.manual_seed(0)
+    image = torch.randn(12, 8, requires_grad=True)
+    text = torch.randn(12, 8, requires_grad=True)
+    for full, local in ((lambda i, t: clip_loss(i, t, 5.0),
+                         lambda s, i, t: clip_loss_local(i[s], t[s], i, t, s.start, 5.0)),
+                        (lambda i, t: siglip_loss(i, t, 5.0, -2.0),
+                         lambda s, i, t: siglip_loss_local(i[s], t, s.start, 5.0, -2.0))):
+        expected = full(image, text)
+        g_expected = torch.autograd.grad(expected, (image, text), allow_unused=True)
+        shards = [slice(0, 4), slice(4, 8), slice(8, 12)]
+        mean = sum(local(s, image, text) for s in shards) / len(shards)
+        g_mean = torch.autograd.grad(mean, (image, text), allow_unused=True)
+        assert torch.allclose(mean, expected, atol=1e-5)
+        for a, b in zip(g_mean, g_expected):
+            assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="offset"):
+        clip_loss_local(image[:4], text[:4], image, text, offset=10)

@@ -163,6 +163,37 @@ def test_notebook_code_cells_fit_the_page():
             assert not wide, f"{nb.name}: code cell {number} has lines over 76 characters: {wide[0]!r}"
 
 
+def _mmlib_object(name: str):
+    """The mmlib object a notebook names, e.g. ``adapt`` or ``algorithms.gru_cell_by_hand``."""
+    import importlib
+    import pkgutil
+
+    head, *rest = name.split(".")
+    modules = [importlib.import_module(f"mmlib.{m.name}")
+               for m in pkgutil.iter_modules(mmlib.__path__)]
+    for module in [mmlib, *modules]:
+        obj = getattr(module, head, None)
+        if obj is not None and (rest or getattr(obj, "__module__", "").startswith("mmlib")):
+            for part in rest:
+                obj = getattr(obj, part)
+            return obj
+    raise LookupError(name)
+
+
+def test_source_shown_in_the_book_fits_the_page():
+    """``show_source(f)`` prints mmlib's code on the page: same width rule as the cells."""
+    import inspect
+    import textwrap
+
+    names = {m for path in NOTEBOOKS for cell, _ in code_cells(path)
+             for m in re.findall(r"show_source\(([\w.]+)\)", cell)}
+    assert names, "no chapter shows mmlib's source any more?"
+    for name in sorted(names):
+        lines = textwrap.dedent(inspect.getsource(_mmlib_object(name))).splitlines()
+        wide = [line for line in lines if len(line) > 76]
+        assert not wide, f"show_source({name}) shows lines over 76 characters: {wide[:2]}"
+
+
 def test_every_notebook_starts_with_the_setup_pattern():
     for nb in NOTEBOOKS:
         setup = code_cells(nb)[0][0]

@@ -1,0 +1,174 @@
+"""Seed spread: rerun every comparison that the book ranks, over several seeds.
+
+    python benchmarks/seeds.py                  # every claim, seeds 0 1 2
+    python benchmarks/seeds.py transfer --seeds 0 1 2 3 4
+    python benchmarks/seeds.py --write          # also update mmlib/seed_spread.json
+
+A chapter runs one seed within its time budget; this benchmark reruns the same recipe with other
+seeds (the seed draws the data sample, the initialisation and the batches; the pretrained CLIP
+is the book's, fixed) and reports mean +- standard deviation per method. A chapter states that A
+beats B only where the gap between their means exceeds the spread; otherwise it says they tie.
+With ``--write`` the table is stored in ``mmlib/seed_spread.json``, which the chapters show
+(``mmlib.notebook.seed_spread``) beside their own single-seed numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmlib import world  # noqa: E402
+from mmlib.data import make_dataset  # noqa: E402
+from mmlib.notebook import choose_threads  # noqa: E402
+
+
+def fusion(seed: int) -> dict[str, float]:
+    """Chapter 3: the seven fusion layers on image-caption matching (4 epochs)."""
+    from mmlib.encoders import BagOfEmbeddings, ImageCNN
+    from mmlib.fusion import FUSIONS
+    from mmlib.models import MultimodalModel
+    from mmlib.train import evaluate, fit
+
+    train = make_dataset("matching", 10_000, seed=seed, distractors=0.2)
+    test = make_dataset("matching", 2_000, split="test", seed=seed, distractors=0.2)
+    out = {}
+    for name in FUSIONS:
+        torch.manual_seed(seed)
+        encoders = {"image": ImageCNN(dim=32, channels=(16, 32)),
+                    "text": BagOfEmbeddings(len(train.tokenizer), 32)}
+        model = MultimodalModel(encoders, n_classes=2, fusion=name, fused_dim=64)
+        fit(model, train, "match", epochs=4, lr=1e-2, seed=seed, progress=False)
+        out[name] = evaluate(model, test, "match")
+    return out
+
+
+def _transfer_setup(seed: int):
+    from mmlib.pretrain import pretrained_clip
+    from mmlib.transfer import SoundAsImage
+
+    model = pretrained_clip(progress=False)
+    n = len(world.SHAPES)
+    sketch = (model.image_encoder, make_dataset("attributes", 100 * n, seed=7 + 10 * seed, domain="sketch"),
+              make_dataset("attributes", 1000, split="test", seed=7, domain="sketch"), "image")
+    ear = SoundAsImage(model.image_encoder)
+    sound = (ear, make_dataset("attributes", 100 * n, seed=8 + 10 * seed, sound=True),
+             make_dataset("attributes", 1000, split="test", seed=8, sound=True), "sound")
+    return {"sketch": sketch, "sound": sound}
+
+
+def transfer(seed: int) -> dict[str, float]:
+    """Chapter 5: the four strategies at k = 1 and k = 64 labels per class, both domains
+    (80 steps, lr 6e-3, batches of 32: the chapter's recipe); the k = 64 sketch classifiers
+    also on clean images (out of distribution)."""
+    from mmlib.train import evaluate
+    from mmlib.transfer import compare_strategies
+
+    out = {}
+    clean = make_dataset("attributes", 1000, split="test", seed=7)
+    for domain, (tower, pool, test, key) in _transfer_setup(seed).items():
+        table, models = compare_strategies(tower, pool, test, "shape", len(world.SHAPES), ks=(1, 64), key=key,
+                                      seed=seed, steps=80, lr=6e-3, batch_size=32, progress=False)
+        for strategy, row in table.items():
+            for k, accuracy in row.items():
+                out[f"{domain} {strategy} k={k}"] = accuracy
+        if domain == "sketch":
+            for strategy, model in models.items():
+                out[f"sketch->clean {strategy} k=64"] = evaluate(model, clean, "shape")
+    return out
+
+
+def normalisation(seed: int) -> dict[str, float]:
+    """Chapter 5: fine-tuning and LP-FT at k = 64 on sketches, with the pretrained batch-norm
+    statistics (the book's policy) and with each batch's statistics."""
+    from mmlib.data import few_shot_indices
+    from mmlib.train import evaluate
+    from mmlib.transfer import adapt
+
+    tower, pool, test, _ = _transfer_setup(seed)["sketch"]
+    few = pool.subset(few_shot_indices(pool.labels["shape"], 64, seed=seed))
+    out = {}
+    for strategy in ("fine_tune", "lp_ft"):
+        for frozen, policy in ((True, "pretrained stats"), (False, "batch stats")):
+            model = adapt(tower, few, "shape", len(world.SHAPES), strategy, steps=80, lr=6e-3,
+                          batch_size=32, seed=seed, frozen_statistics=frozen)
+            out[f"{strategy}, {policy}"] = evaluate(model, test, "shape")
+    return out
+
+
+def lit(seed: int) -> dict[str, float]:
+    """Chapter 5: a Chinese text tower against the image tower locked, unlocked, or from scratch."""
+    from mmlib.pretrain import clip_model, pretrain, pretrained_clip, zero_shot_accuracy
+    from mmlib.transfer import lock
+
+    model = pretrained_clip(progress=False)
+    train = make_dataset("pairs", 6_000, language="zh", seed=11 + seed)
+    test = make_dataset("pairs", 1000, language="zh", split="test", seed=11)
+    classes = [(c, s) for c in world.COLORS for s in world.SHAPES]
+    out = {}
+    for setting in ("locked", "unlocked", "scratch"):
+        torch.manual_seed(seed)
+        zh = clip_model(len(train.tokenizer), seed=seed)
+        if setting != "scratch":
+            for part in ("image_encoder", "image_proj"):
+                zh.get_submodule(part).load_state_dict(model.get_submodule(part).state_dict())
+        if setting == "locked":
+            lock(zh.image_encoder), lock(zh.image_proj)
+        pretrain(zh, train, epochs=2, lr=4e-3, seed=seed, progress=False)
+        out[setting] = zero_shot_accuracy(zh, test, classes, train.tokenizer, language="zh")
+    return out
+
+
+CLAIMS = {"fusion": fusion, "transfer": transfer, "normalisation": normalisation, "lit": lit}
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
+    return {name: {"mean": round(statistics.mean(r[name] for r in runs), 4),
+                   "std": round(statistics.stdev(r[name] for r in runs), 4) if len(runs) > 1 else 0.0,
+                   "values": [round(r[name], 4) for r in runs]}
+            for name in runs[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("claims", nargs="*", help=f"claims to rerun: some of {list(CLAIMS)} (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--write", action="store_true", help="update mmlib/seed_spread.json")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.claims if c not in CLAIMS]
+    if unknown:
+        parser.error(f"unknown claims {unknown}: choose from {list(CLAIMS)}")
+    if len(args.seeds) < 2:
+        parser.error("a spread needs at least two seeds")
+    torch.set_num_threads(choose_threads())
+    path = ROOT / "mmlib" / "seed_spread.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    for claim in args.claims or list(CLAIMS):
+        start = time.perf_counter()
+        runs = []
+        for seed in args.seeds:
+            runs.append(CLAIMS[claim](seed))
+            print(f"  {claim} seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
+        table = summarise(runs)
+        print(f"\n{claim}: mean ± std over seeds {args.seeds}  ({CLAIMS[claim].__doc__.splitlines()[0]})")
+        for name, row in table.items():
+            values = " ".join(f"{v:.3f}" for v in row["values"])
+            print(f"  {name:<32} {row['mean']:.3f} ± {row['std']:.3f}   [{values}]")
+        stored[claim] = {"seeds": args.seeds, "measured": date.today().isoformat(),
+                         "torch": torch.__version__, "rows": table}
+        if args.write:
+            path.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
