@@ -42,6 +42,9 @@ def run_one(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: book/*.ipynb)")
+    parser.add_argument("--write", action="store_true",
+                        help="store the times in mmlib/chapter_times.json (each chapter's first line shows its own)")
+    parser.add_argument("--no-extra", action="store_true", help="the chapters only, not EXTRA_BENCHMARKS")
     parser.add_argument("--keep-going", action="store_true",
                         help="run every notebook even when one fails (report the failures at the end)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
@@ -77,10 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['peak_mb']:>8.0f}")
     print(f"{'total':<{width}}  {sum(r['wall_s'] for r in rows):>8.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
+    if args.write:
+        path = ROOT / "mmlib" / "chapter_times.json"
+        stored = json.loads(path.read_text()) if path.exists() else {"chapters": {}}
+        stored.update(measured=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
+                      note="wall time of a fresh-kernel run, machine otherwise idle (benchmarks/run.py)")
+        for r in rows:
+            stored["chapters"][Path(r["notebook"]).stem] = {"wall_s": round(r["wall_s"], 1),
+                                                             "peak_mb": round(r["peak_mb"])}
+        path.write_text(json.dumps(stored, indent=1) + "\n")
     if failed:
         print(f"FAILED ({len(failed)}): {', '.join(failed)}")
         return 1
-    for script in EXTRA_BENCHMARKS:
+    for script in [] if args.no_extra else EXTRA_BENCHMARKS:
         print()
         subprocess.run([sys.executable, str(Path(__file__).parent / script)], cwd=ROOT, check=True)
     return 0

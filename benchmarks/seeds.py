@@ -128,7 +128,29 @@ def lit(seed: int) -> dict[str, float]:
     return out
 
 
-CLAIMS = {"fusion": fusion, "transfer": transfer, "normalisation": normalisation, "lit": lit}
+def siglip(seed: int) -> dict[str, float]:
+    """Chapter 4b: sigmoid (SigLIP) minus softmax (CLIP) zero-shot accuracy at batch 16 and 128
+    (6,000 pairs, two epochs, lr scaled with the square root of the batch)."""
+    from mmlib.pretrain import clip_model, clip_pairs, pretrain, zero_shot_accuracy
+
+    held_out = world.default_held_out()
+    small = clip_pairs(20_000).subset(range(6_000)) if seed == 0 else clip_pairs(6_000, seed)
+    test = make_dataset("pairs", 300, held_out=held_out, split="test")
+    classes = [(c, s) for c in world.COLORS for s in world.SHAPES]
+    out = {}
+    for batch_size in (16, 128):
+        accuracy = {}
+        for loss in ("clip", "siglip"):
+            model = clip_model(len(small.tokenizer), loss=loss, seed=seed)
+            lr = 4e-3 * (batch_size / 128) ** 0.5
+            pretrain(model, small, epochs=2, batch_size=batch_size, lr=lr, seed=seed, progress=False)
+            accuracy[loss] = zero_shot_accuracy(model, test, classes, small.tokenizer)
+            out[f"{loss}, batch {batch_size}"] = accuracy[loss]
+        out[f"sigmoid - softmax, batch {batch_size}"] = accuracy["siglip"] - accuracy["clip"]
+    return out
+
+
+CLAIMS = {"fusion": fusion, "transfer": transfer, "normalisation": normalisation, "lit": lit, "siglip": siglip}
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:

@@ -31,11 +31,12 @@ use this URL (a test keeps them in step)."""
 __all__ = ["REPOSITORY", "setup", "__version__"]
 
 
-def setup(seed: int = 0, verbose: bool = True):
+def setup(seed: int = 0, verbose: bool = True, chapter: str | None = None):
     """Seed everything, choose the device, set the book's figure style; return the device.
 
-    The first line of every chapter (``device = mmlib.setup(seed=0)``); see ``mmlib.notebook``.
+    The first line of every chapter (``device = mmlib.setup(seed=0, chapter="05_transfer")``); see
+    ``mmlib.notebook``.
     Imported here on first call, so that ``import mmlib.world`` stays light."""
     from mmlib.notebook import setup as _setup
 
-    return _setup(seed, verbose)
+    return _setup(seed, verbose, chapter)

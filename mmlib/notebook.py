@@ -68,9 +68,16 @@ def choose_threads() -> int:
     return max(1, min(available, round(available - busy_cpus())))
 
 
-def setup(seed: int = 0, verbose: bool = True) -> torch.device:
+def setup(seed: int = 0, verbose: bool = True, chapter: str | None = None) -> torch.device:
     """Seed everything, choose the device and torch's thread count, set the book's figure
-    style; return the device."""
+    style; return the device. ``chapter`` (the notebook's name, e.g. '05_transfer') glues the
+    chapter's measured wall time as ``reference_time`` for its first line."""
+    if chapter is not None:
+        try:
+            measured = reference_time(chapter)
+        except KeyError:  # a new chapter, before its first benchmark run
+            measured = "(not yet measured)"
+        glue("reference_time", measured, display=False)
     seed_everything(seed)
     use_book_style()
     _sharp_figures()
@@ -132,3 +139,31 @@ def print_spread(claim: str, this_run: dict[str, float] | None = None,
         row = rows[name]
         ours = f"  {this_run.get(name, float('nan')):>8.3f}" if this_run is not None else ""
         print(f"{name:<{width}}{ours}  {row['mean']:.3f} ± {row['std']:.3f}")
+
+
+def seconds_per_call(fn, repeat: int = 5) -> float:
+    """The median wall time of ``fn()`` over ``repeat`` calls, after one warm-up call."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def reference_time(chapter: str) -> str:
+    """How long a chapter runs on the book's reference machine, as measured by
+    ``benchmarks/run.py --write`` (stored in ``mmlib/chapter_times.json``): e.g. 'about 50 s'."""
+    import json
+    from importlib import resources
+
+    stored = json.loads(resources.files("mmlib").joinpath("chapter_times.json").read_text())
+    if chapter not in stored["chapters"]:
+        raise KeyError(f"no measured time for chapter {chapter!r}: the benchmark measured "
+                       f"{sorted(stored['chapters'])}; run python benchmarks/run.py --write")
+    seconds = stored["chapters"][chapter]["wall_s"]
+    return f"about {max(10, round(seconds / 10) * 10):.0f} s" if seconds < 100 else \
+        f"about {seconds / 60:.1f} minutes"

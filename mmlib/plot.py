@@ -9,7 +9,6 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from mmlib.spectrogram import log_mel_spectrogram
 
@@ -154,6 +153,8 @@ def show_grid(images, ncols: int, row_labels=None, title: str | None = None, wid
     nrows = -(-len(images) // ncols)
     if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"{len(images)} images in rows of {ncols} make {nrows} rows, got {len(row_labels)} labels")
+    from torchvision.utils import make_grid  # on use: importing mmlib.plot needs no torchvision
+
     grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=ncols, padding=2, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(width, width * grid.shape[1] / grid.shape[2]))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")

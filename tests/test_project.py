@@ -200,7 +200,19 @@ def test_every_notebook_starts_with_the_setup_pattern():
         assert 'find_spec("mmlib") is None' in setup, f"{nb.name}: install only when mmlib is missing"
         install = [line for line in setup.splitlines() if "pip" in line or "git+" in line]
         assert install and not any("torch" in line for line in install), f"{nb.name}: never install torch"
-        assert re.search(r"device = mmlib\.setup\(seed=\d+\)", setup), f"{nb.name}: seed and device"
+        match = re.search(r'device = mmlib\.setup\(seed=\d+, chapter="(\w+)"\)', setup)
+        assert match, f"{nb.name}: seed, device, and the chapter (for its measured time)"
+        assert match.group(1) == nb.stem, f"{nb.name}: setup names chapter {match.group(1)!r}"
+
+
+def test_every_chapter_has_a_measured_time():
+    """Each chapter's first line shows its wall time from benchmarks/run.py --write."""
+    from mmlib.notebook import reference_time
+
+    for nb in NOTEBOOKS:
+        assert reference_time(nb.stem).startswith("about "), nb.name
+    with pytest.raises(KeyError, match="benchmarks/run.py --write"):
+        reference_time("99_no_such_chapter")
 
 
 def test_glued_names_in_prose_are_glued_in_code():
@@ -208,6 +220,8 @@ def test_glued_names_in_prose_are_glued_in_code():
         used = set(re.findall(r"\{glue(?::\w+)?\}`(\w+)", markdown_text(nb)))
         code = "\n".join(src for src, _ in code_cells(nb))
         glued = set(re.findall(r"glue\(\s*[\"'](\w+)[\"']", code))
+        if re.search(r"mmlib\.setup\([^)]*chapter=", code):
+            glued.add("reference_time")  # setup glues the chapter's measured time
         prefixes = re.findall(r"glue\(\s*f[\"'](\w+)\{", code)  # glue(f"fusion_acc_{name}", ...)
         used = {u for u in used if not any(u.startswith(p) for p in prefixes)}
         assert used <= glued, f"{nb.name}: prose quotes {sorted(used - glued)} but the code never glues them"
