@@ -284,3 +284,24 @@ def test_ci_runs_the_readme_commands():
     commands = re.findall(r"```bash\n(python3 -m venv .*)\n```", readme)
     assert len(commands) == 2 and "pytest" in commands[1] and "jupyter-book build . -W" in commands[0]
     assert "README.md" in ci.read_text(), ".ci/run should take its commands from the README"
+
+
+def test_a_build_starts_with_no_stale_failure_reports(tmp_path):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location(
+        "fresh_reports", ROOT / "book" / "_ext" / "fresh_reports.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    stale = tmp_path / "reports" / "02_architecture.err.log"
+    stale.parent.mkdir()
+    stale.write_text("CellTimeoutError")
+    hooks = {}
+    app = types.SimpleNamespace(outdir=str(tmp_path),
+                                connect=lambda event, f: hooks.setdefault(event, f))
+    ext.setup(app)
+    hooks["builder-inited"](app)
+    assert not stale.exists()
+    config = (ROOT / "_config.yml").read_text()
+    assert "fresh_reports: book/_ext/" in config
