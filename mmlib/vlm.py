@@ -18,8 +18,9 @@ The recipe of LLaVA, BLIP-2, Flamingo and their successors, in the order the cha
 - **Chat data** (``instruction_data``, also the text the LM is pretrained on): ``<user> question <assistant> answer <eos>``; the loss
   covers only the assistant's tokens.
 - **Evaluation against the world's exact truth**: accuracy per question type, POPE probes with
-  random, popular and adversarial negatives (``pope_probes``/``pope_scores``) and CHAIR
-  (``chair``) for descriptions.
+  random, popular and adversarial negatives (``pope_probes``/``pope_scores``), and for
+  descriptions (``description_data``, chapter 7b) object F1 (``description_scores``) and CHAIR
+  (``chair``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,51 @@ def instruction_data(n: int, *, split: str = "train", seed: int = 0, held_out=()
     return WorldDataset(qa.images, labels, qa.texts, tokens, lengths, None, qa.scenes, tokenizer)
 
 
+DESCRIBE = "what is in the image ?"
+"""The instruction that asks for a description (built from the world's own words)."""
+
+
+def description_data(n: int, *, split: str = "train", seed: int = 0, held_out=(), n_objects=(1, 3),
+                     tokenizer: Tokenizer | None = None) -> WorldDataset:
+    """Descriptions as chat sequences: ``<user> what is in the image ? <assistant> caption <eos>``,
+    the caption in the world's plain words (no synonyms, one word order, no positions), e.g.
+    'a small red circle', 'the red circle is left of the blue square', 'three shapes : a ...'.
+    ``texts`` are the instructions, ``labels['answer_start']`` where the loss starts, and
+    ``descriptions_of(data.scenes)`` the reference descriptions."""
+    tokenizer = tokenizer or chat_tokenizer()
+    pairs = make_dataset("pairs", n, split=split, seed=seed, held_out=held_out, n_objects=n_objects)
+    captions = descriptions_of(pairs.scenes)
+    tokens, starts = chat_sequences(tokenizer, [DESCRIBE] * n, captions)
+    labels = {"answer_start": starts}
+    lengths = (tokens != tokenizer.pad_id).sum(1)
+    return WorldDataset(pairs.images, labels, [DESCRIBE] * n, tokens, lengths, None, pairs.scenes, tokenizer)
+
+
+def descriptions_of(scenes) -> list[str]:
+    """The reference description of each scene: ``world.captions`` in its plainest form."""
+    return world.captions(scenes, synonyms=False, vary_order=False, position=False)
+
+
+def mix(*datasets: WorldDataset, seed: int = 0) -> WorldDataset:
+    """One shuffled dataset of chat exchanges from several (e.g. questions and descriptions):
+    images, texts, scenes and the labels they all have; tokens padded to the longest."""
+    if not datasets:
+        raise ValueError("give at least one dataset to mix")
+    keys = set.intersection(*(set(d.labels) for d in datasets))
+    if "answer_start" not in keys:
+        raise ValueError("every dataset needs labels['answer_start'] (use instruction_data or description_data)")
+    width = max(d.tokens.shape[1] for d in datasets)
+    pad = datasets[0].tokenizer.pad_id
+    tokens = torch.cat([F.pad(d.tokens, (0, width - d.tokens.shape[1]), value=pad) for d in datasets])
+    order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))
+    scenes = world.Scenes.concatenate([d.scenes for d in datasets])[order.numpy()]
+    texts = [t for d in datasets for t in d.texts]
+    return WorldDataset(torch.cat([d.images for d in datasets])[order],
+                        {k: torch.cat([d.labels[k] for d in datasets])[order] for k in sorted(keys)},
+                        [texts[i] for i in order.tolist()], tokens[order],
+                        torch.cat([d.lengths for d in datasets])[order], None, scenes, datasets[0].tokenizer)
+
+
 # ---------------------------------------------------------------------------------------------
 # Connectors
 # ---------------------------------------------------------------------------------------------
@@ -124,24 +170,39 @@ class Connector(nn.Module):
 
 
 class LinearConnector(Connector):
-    """LLaVA: one linear map per region; every region becomes a token."""
+    """LLaVA: one linear map per region; every region becomes a token. ``pool=2`` first averages
+    each 2 x 2 block of the grid (4x fewer tokens, as nanoVLM's pixel shuffle cuts SigLIP's)."""
 
-    def __init__(self, image_dim: int, dim: int):
+    def __init__(self, image_dim: int, dim: int, pool: int = 1):
         super().__init__(image_dim, dim)
+        if not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool must be a positive integer, got {pool!r}")
+        self.pool = pool
         self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
 
+    def pooled(self, regions: torch.Tensor) -> torch.Tensor:
+        """(B, g*g, d) -> (B, (g/pool)^2, d): the mean of each pool x pool block of the grid."""
+        if self.pool == 1:
+            return regions
+        b, n, d = regions.shape
+        g = math.isqrt(n)
+        if g * g != n or g % self.pool:
+            raise ValueError(f"pool={self.pool} needs a square grid whose side it divides, got {n} regions")
+        grid = regions.transpose(1, 2).reshape(b, d, g, g)
+        return F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+
     def forward(self, regions, instruction=None):
-        return self.proj(regions)
+        return self.proj(self.pooled(regions))
 
     def tokens_for(self, regions):
-        return regions
+        return regions // self.pool ** 2
 
 
 class MLPConnector(LinearConnector):
-    """LLaVA-1.5: a two-layer MLP per region."""
+    """LLaVA-1.5: a two-layer MLP per region (``pool`` as for ``LinearConnector``)."""
 
-    def __init__(self, image_dim: int, dim: int):
-        super().__init__(image_dim, dim)
+    def __init__(self, image_dim: int, dim: int, pool: int = 1):
+        super().__init__(image_dim, dim, pool)
         self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
 
@@ -498,6 +559,30 @@ def pope_scores(replies: Sequence[str], truths: Sequence[str]) -> dict[str, floa
             "f1": float(2 * precision * recall / max(precision + recall, 1e-12)), "yes_ratio": float(said.mean())}
 
 
+def _mentioned(text: str) -> list[tuple]:
+    """The (colour, shape) pairs a description names, read back by ``world.parse_caption``."""
+    try:
+        return [(o.get("color"), o.get("shape")) for o in world.parse_caption(text)]
+    except ValueError:
+        return []
+
+
+def description_scores(descriptions: Sequence[str], scenes) -> dict[str, float]:
+    """Object precision, recall and F1 of descriptions read back with ``world.parse_caption``: an
+    object counts as named correctly when its colour *and* shape are both right (a red square
+    in a scene with a red circle and a blue square is a binding error, not half right)."""
+    if len(descriptions) != len(scenes) or not len(scenes):
+        raise ValueError(f"need one description per scene: got {len(descriptions)} for {len(scenes)} scenes")
+    tp = fp = fn = 0
+    for i, text in enumerate(descriptions):
+        present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
+        said = set(_mentioned(text))
+        tp, fp, fn = tp + len(said & present), fp + len(said - present), fn + len(present - said)
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+
+
 def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     """CHAIR (Rohrbach et al. 2018) for descriptions of scenes: CHAIR_i, the share of mentioned
     objects (colour and shape) that are not in the scene; CHAIR_s, the share of descriptions
@@ -508,11 +593,7 @@ def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     mentioned = hallucinated = bad = 0
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
-        try:
-            said = [(o.get("color"), o.get("shape")) for o in world.parse_caption(text)]
-        except ValueError:
-            said = []
-        said = said or [(None, None)]  # nothing readable: counted as one made-up object
+        said = _mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
         wrong = sum(pair not in present for pair in said)
         mentioned += len(said)
         hallucinated += wrong

@@ -11,7 +11,8 @@ from mmlib.encoders import ImageCNN
 from mmlib.lm import LanguageModel
 from mmlib.vlm import (CONNECTORS, CrossAttentionConnector, InstructionResampler, LoRALinear, Resampler,
                        VisionLanguageModel, accuracy_by_type, add_lora, chair, chat_sequences, chat_tokenizer,
-                       instruction_data, make_connector, merge_lora, pope_probes, pope_scores, question_type)
+                       DESCRIBE, description_data, description_scores, descriptions_of, instruction_data,
+                       make_connector, merge_lora, mix, pope_probes, pope_scores, question_type)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,17 @@ def test_connectors_map_regions_to_lm_tokens(name):
     connector = make_connector(name, 16, 32)
     out = connector(torch.randn(3, 64, 16), torch.randn(3, 32))
     assert out.shape == (3, connector.tokens_for(64), 32)
+
+
+def test_pooling_averages_each_block_of_the_grid():
+    connector = make_connector("linear", 1, 1, pool=2)
+    grid = torch.arange(16.0).reshape(1, 16, 1)  # a 4 x 4 grid, row by row
+    assert connector.pooled(grid).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    assert connector(torch.randn(2, 64, 1)).shape == (2, 16, 1) and connector.tokens_for(64) == 16
+    with pytest.raises(ValueError, match="square grid"):
+        connector(torch.randn(2, 63, 1))
+    with pytest.raises(ValueError, match="pool"):
+        make_connector("mlp", 4, 4, pool=0)
 
 
 def test_a_resampler_gives_m_tokens_whatever_the_grid():
@@ -257,6 +269,46 @@ def test_chair_counts_mentioned_objects_that_are_not_there():
     descriptions = ["two shapes : a small red circle and a small blue circle", "a large green star"]
     assert chair(descriptions, scenes) == pytest.approx({"chair_i": 1 / 3, "chair_s": 0.5})
     assert chair(["gibberish words", "a large green star"], scenes)["chair_s"] == 0.5
+
+
+def test_description_scores_need_colour_and_shape_together():
+    scenes = scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")])
+    swapped = "the red square is left of the blue circle"  # a binding error: both objects wrong
+    scores = description_scores([swapped, "a large green star"], scenes)
+    assert scores == pytest.approx({"precision": 1 / 3, "recall": 1 / 3, "f1": 1 / 3})
+    right = description_scores(["the blue square is above the red circle", "a green star"], scenes)
+    assert right["f1"] == 1.0
+    with pytest.raises(ValueError, match="one description per scene"):
+        description_scores(["a green star"], scenes)
+
+
+def test_description_data_are_the_scenes_in_plain_words(tok):
+    data = description_data(30, held_out=world.default_held_out(), tokenizer=tok)
+    references = descriptions_of(data.scenes)
+    for i in range(len(data)):
+        said = {(o["color"], o["shape"]) for o in world.parse_caption(references[i])}
+        assert said == {(o["color"], o["shape"]) for o in data.scenes.objects(i)}
+        start = int(data.labels["answer_start"][i])
+        assert tok.decode(data.tokens[i, :start], skip_special=False) == f"<user> {DESCRIBE} <assistant>"
+        assert tok.decode(data.tokens[i, start:]) == references[i]
+
+
+def test_mix_keeps_each_exchange_with_its_image_and_scene(tok):
+    questions = instruction_data(20, seed=0, tokenizer=tok)
+    descriptions = description_data(10, seed=1, tokenizer=tok)
+    both = mix(questions, descriptions, seed=0)
+    assert len(both) == 30 and set(both.labels) == {"answer_start"}
+    sources = [(d, k) for d in (questions, descriptions) for k in range(len(d))]
+    for i in range(len(both)):
+        same = [(d, k) for d, k in sources if d.texts[k] == both.texts[i]
+                and torch.equal(d.images[k], both.images[i])]
+        assert len(same) == 1, "every exchange comes from exactly one source example"
+        d, k = same[0]
+        assert d.scenes.objects(k) == both.scenes.objects(i)
+        n = int(d.lengths[k])
+        assert torch.equal(both.tokens[i, :n], d.tokens[k, :n]) and int(both.lengths[i]) == n
+    with pytest.raises(ValueError, match="at least one"):
+        mix()
 
 
 def test_the_majority_baseline_always_gives_the_most_frequent_answer(tok):

@@ -7,7 +7,7 @@ Vectorised over the batch (no Python loop per pixel) and deterministic for a giv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -105,6 +105,20 @@ class Scenes:
         index = np.atleast_1d(np.arange(len(self))[index])
         return Scenes(self.shape[index], self.color[index], self.size[index], self.x[index], self.y[index],
                       self.count[index], self.texture[index], self.shapes)
+
+    @staticmethod
+    def concatenate(parts: Sequence["Scenes"]) -> "Scenes":
+        """One batch of the scenes of ``parts`` in order (object slots padded to the widest)."""
+        if not parts or len({p.shapes for p in parts}) != 1:
+            raise ValueError("give one or more Scenes with the same shape vocabulary")
+        k = max(p.shape.shape[1] for p in parts)
+        def cat(name):
+            arrays = [getattr(p, name) for p in parts]
+            if name in ("count", "texture"):
+                return np.concatenate(arrays)
+            return np.concatenate([np.pad(a, ((0, 0), (0, k - a.shape[1]))) for a in arrays])
+        fields = ("shape", "color", "size", "x", "y", "count", "texture")
+        return Scenes(*(cat(name) for name in fields), parts[0].shapes)
 
     def objects(self, i: int) -> list[dict]:
         """Scene ``i`` as a list of dicts: shape, color, size, position word, x, y."""
