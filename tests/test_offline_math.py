@@ -43,6 +43,10 @@ def built_page(tmp_path_factory):
     config.pop("bibtex_bibfiles", None)
     config["only_build_toc_files"] = True
     config["execute"] = {"execute_notebooks": "off"}
+    # The copied config's local extensions must still point at this repo.
+    local = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, path in local.items():
+        local[name] = str((ROOT / path).resolve())
     (book / "_config.yml").write_text(yaml.safe_dump(config))
     (book / "_toc.yml").write_text("format: jb-book\nroot: index\n")
     (book / "index.md").write_text(PAGE)
