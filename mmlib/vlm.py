@@ -181,13 +181,15 @@ class LinearConnector(Connector):
         self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
 
     def pooled(self, regions: torch.Tensor) -> torch.Tensor:
-        """(B, g*g, d) -> (B, (g/pool)^2, d): the mean of each pool x pool block of the grid."""
+        """(B, g*g, d) -> (B, (g/pool)^2, d): the mean of each
+        pool x pool block of the grid."""
         if self.pool == 1:
             return regions
         b, n, d = regions.shape
         g = math.isqrt(n)
         if g * g != n or g % self.pool:
-            raise ValueError(f"pool={self.pool} needs a square grid whose side it divides, got {n} regions")
+            raise ValueError(f"pool={self.pool} needs a square grid whose "
+                             f"side it divides, got {n} regions")
         grid = regions.transpose(1, 2).reshape(b, d, g, g)
         return F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
 
