@@ -41,6 +41,9 @@ from mmlib.lm import LanguageModel
 from mmlib.text import Tokenizer, world_words
 from mmlib.transfer import lock
 
+REGIONS = "regions"
+"""The batch entry of precomputed region features (``VisionLanguageModel.with_regions``)."""
+
 CHAT_TOKENS = ("<image>", "<user>", "<assistant>")
 """Role tokens added to the world's vocabulary for chat-style sequences."""
 
@@ -353,27 +356,47 @@ class VisionLanguageModel(nn.Module):
         words = self.lm.tokens(tokens) * before.unsqueeze(-1)
         return words.sum(1) / before.sum(1, keepdim=True).clamp_min(1)
 
-    def prefix(self, images: torch.Tensor | None, tokens: torch.Tensor):
-        """Visual tokens (B, M, D) for the sequence (None for cross-attention, or blind)."""
-        if images is None:
+    def prefix(self, images: torch.Tensor | None, tokens: torch.Tensor, regions: torch.Tensor | None = None):
+        """Visual tokens (B, M, D) for the sequence (None for cross-attention, or blind).
+        ``regions``: the vision encoder's features, if already computed (``with_regions``)."""
+        if images is None and regions is None:
             if isinstance(self.connector, CrossAttentionConnector):
                 raise ValueError("a cross-attention model cannot run blind; its LM alone can")
             return None
         instruction = self.instruction(tokens) if self.connector.uses_instruction else None
-        return self.connector(self.regions(images), instruction)
+        regions = self.regions(images) if regions is None else regions.float()
+        return self.connector(regions, instruction)
+
+    @torch.no_grad()
+    def with_regions(self, data: WorldDataset, batch_size: int = 256, dtype=torch.float16) -> WorldDataset:
+        """A copy of ``data`` whose batches also carry the frozen vision encoder's region features
+        (label ``'regions'``, computed once, stored as ``dtype``): training then skips the tower.
+        Valid for any model with the same frozen tower (a copy of it, as each connector here has)."""
+        if any(p.requires_grad for p in self.vision.parameters()):
+            raise ValueError("cached region features need a frozen vision encoder (freeze_vision=True): "
+                             "a tower that trains changes its features every step")
+        was_training = self.vision.training
+        self.vision.eval()
+        device = next(self.vision.parameters()).device
+        features = torch.cat([self.regions(data.batch(part, device)[IMAGE]).to("cpu", dtype)
+                              for part in torch.arange(len(data)).split(batch_size)])
+        self.vision.train(was_training)
+        return WorldDataset(data.images, {**data.labels, REGIONS: features}, data.texts, data.tokens, data.lengths,
+                            data.sounds, data.scenes, data.tokenizer)
 
     def adapters(self):
         return list(self.connector.blocks) if isinstance(self.connector, CrossAttentionConnector) else None
 
-    def forward(self, images: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor | None, tokens: torch.Tensor, regions: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Logits (B, T, V) for the text positions: logits[:, j] predicts tokens[:, j + 1]."""
-        visual = self.prefix(images, tokens)
+        visual = self.prefix(images, tokens, regions)
         logits, _ = self.lm(tokens, prefix=visual, adapters=self.adapters())
         return logits if visual is None else logits[:, visual.shape[1]:]
 
     def loss(self, batch: dict) -> dict:
         tokens, start = batch[TOKENS], batch["answer_start"]
-        logits = self(batch[IMAGE], tokens)[:, :-1]
+        logits = self(batch[IMAGE], tokens, batch.get(REGIONS))[:, :-1]
         targets = tokens[:, 1:]
         position = torch.arange(targets.shape[1], device=tokens.device)[None]
         answer = (position >= (start[:, None] - 1)) & (targets != self.tokenizer.pad_id)

@@ -197,6 +197,29 @@ def test_a_vlm_learns_to_count_in_a_few_steps(tok):
     assert not any(p.requires_grad for p in model.vision.parameters()), "the vision tower stayed frozen"
 
 
+@pytest.mark.parametrize("name", ["instruction", "cross_attention"])
+def test_cached_region_features_give_the_same_loss(tok, name):
+    data = instruction_data(24, seed=4, tokenizer=tok)
+    model = small_vlm(tok, name).eval()
+    for block in model.adapters() or []:  # open Flamingo's gates, so the image counts
+        nn.init.constant_(block.attn_gate, 1.0)
+    cached = model.with_regions(data, batch_size=10, dtype=torch.float32)
+    assert cached.labels["regions"].shape == (24, 64, 16)  # 8 x 8 grid of 16-dim features
+    batch = cached.batch(torch.arange(8, 16))
+    plain = {k: v for k, v in batch.items() if k != "regions"}
+    assert torch.allclose(model.loss(batch)["loss"], model.loss(plain)["loss"], atol=1e-6)
+    batch["regions"] = torch.randn_like(batch["regions"])  # it reads the cache
+    assert not torch.allclose(model.loss(batch)["loss"], model.loss(plain)["loss"])
+
+
+def test_cached_region_features_need_a_frozen_tower(tok):
+    torch.manual_seed(0)
+    model = VisionLanguageModel(ImageCNN(16, channels=(8, 16)), make_connector("mlp", 16, 32),
+                                small_lm(len(tok)), tok, freeze_vision=False)
+    with pytest.raises(ValueError, match="frozen vision encoder"):
+        model.with_regions(instruction_data(8, tokenizer=tok))
+
+
 # --- LoRA -----------------------------------------------------------------------------------
 
 def test_lora_starts_as_the_base_layer_and_merges_exactly():
