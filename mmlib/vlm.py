@@ -314,6 +314,12 @@ CONNECTORS = {"linear": LinearConnector, "mlp": MLPConnector, "resampler": Resam
               "instruction": InstructionResampler, "cross_attention": CrossAttentionConnector}
 
 
+COMPARED = {"linear": ("linear", {"pool": 2}), "mlp": ("mlp", {"pool": 2}), "resampler": ("resampler", {"m": 4}),
+            "instruction": ("instruction", {"m": 4}), "cross_attention": ("cross_attention", {})}
+"""Chapter 7c's five connectors as (name, options): LLaVA's linear map and LLaVA-1.5's MLP on the
+2 x 2-pooled grid (16 tokens), a resampler and the instruction-aware one (4), Flamingo's (0)."""
+
+
 def make_connector(name: str, image_dim: int, dim: int, **options) -> Connector:
     """A connector by name: one of ``CONNECTORS``."""
     if name not in CONNECTORS:
