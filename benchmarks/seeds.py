@@ -193,6 +193,32 @@ def describe(seed: int) -> dict[str, float]:
     return out
 
 
+def _chapter7_data(seed: int):
+    """Chapter 7's start for a seed: the book's CLIP, the chat tokenizer, 20,000 visual questions
+    to tune on, 10,000 for the LM to read alone, the 1,000 test questions (seed 0: the chapter's)."""
+    from mmlib.pretrain import pretrained_clip
+    from mmlib.vlm import chat_tokenizer, instruction_data
+
+    tok = chat_tokenizer()
+    common = dict(held_out=world.default_held_out(), tokenizer=tok)
+    return (pretrained_clip(progress=False), tok, common, instruction_data(20_000, seed=10 * seed, **common),
+            instruction_data(10_000, seed=10 * seed + 1, **common),
+            instruction_data(1_000, split="test", **common))
+
+
+def _chapter7_lm(seed: int, tok, text):
+    """Chapter 7's language model, pretrained on ``text`` alone (300 steps of 128)."""
+    from mmlib.lm import LanguageModel
+    from mmlib.train import train
+    from mmlib.vlm import language_model_loss
+
+    torch.manual_seed(seed)
+    lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
+    train(lm, text, steps=300, batch_size=128, lr=3e-3, loss=language_model_loss(lm, tok.pad_id), seed=seed,
+          progress=False)
+    return lm
+
+
 def vlm(seed: int) -> dict[str, float]:
     """Chapter 7: VQA with and without the image, held-out pairs, POPE random vs adversarial.
 
@@ -201,23 +227,13 @@ def vlm(seed: int) -> dict[str, float]:
     import copy
     from collections import Counter
 
-    from mmlib.lm import LanguageModel
-    from mmlib.pretrain import pretrained_clip
     from mmlib.train import train
-    from mmlib.vlm import (InstructionResampler, VisionLanguageModel, accuracy_by_type, chat_tokenizer,
-                           instruction_data, language_model_loss, pope_probes, pope_scores)
+    from mmlib.vlm import (InstructionResampler, VisionLanguageModel, accuracy_by_type, instruction_data,
+                           pope_probes, pope_scores)
 
-    clip = pretrained_clip(progress=False)
-    tok = chat_tokenizer()
-    common = dict(held_out=world.default_held_out(), tokenizer=tok)
-    data = instruction_data(20_000, seed=10 * seed, **common)
-    text = instruction_data(10_000, seed=10 * seed + 1, **common)
-    test = instruction_data(1_000, split="test", **common)
+    clip, tok, common, data, text, test = _chapter7_data(seed)
     heldout = instruction_data(500, split="heldout", **common)
-    torch.manual_seed(seed)
-    lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
-    train(lm, text, steps=300, batch_size=128, lr=3e-3, loss=language_model_loss(lm, tok.pad_id), seed=seed,
-          progress=False)
+    lm = _chapter7_lm(seed, tok, text)
     vision = copy.deepcopy(clip.image_encoder)
     model = VisionLanguageModel(vision, InstructionResampler(vision.dim, lm.dim, m=4), lm, tok)
     images = test.images.float() / 255
@@ -250,22 +266,11 @@ def connectors(seed: int) -> dict[str, float]:
     the binding questions (colour, shape)."""
     import copy
 
-    from mmlib.lm import LanguageModel
-    from mmlib.pretrain import pretrained_clip
     from mmlib.train import train
-    from mmlib.vlm import (COMPARED, VisionLanguageModel, accuracy_by_type, chat_tokenizer, instruction_data,
-                           language_model_loss, make_connector)
+    from mmlib.vlm import COMPARED, VisionLanguageModel, accuracy_by_type, make_connector
 
-    clip = pretrained_clip(progress=False)
-    tok = chat_tokenizer()
-    common = dict(held_out=world.default_held_out(), tokenizer=tok)
-    data = instruction_data(20_000, seed=10 * seed, **common)
-    text = instruction_data(10_000, seed=10 * seed + 1, **common)
-    test = instruction_data(1_000, split="test", **common)
-    torch.manual_seed(seed)
-    lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
-    train(lm, text, steps=300, batch_size=128, lr=3e-3, loss=language_model_loss(lm, tok.pad_id), seed=seed,
-          progress=False)
+    clip, tok, _, data, text, test = _chapter7_data(seed)
+    lm = _chapter7_lm(seed, tok, text)
     vision = copy.deepcopy(clip.image_encoder)
     out = {}
     for label, (name, options) in COMPARED.items():
