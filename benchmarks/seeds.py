@@ -267,7 +267,7 @@ def connectors(seed: int) -> dict[str, float]:
     import copy
 
     from mmlib.train import train
-    from mmlib.vlm import COMPARED, VisionLanguageModel, accuracy_by_type, make_connector
+    from mmlib.vlm import COMPARED, REGIONS, VisionLanguageModel, accuracy_by_type, make_connector
 
     clip, tok, _, data, text, test = _chapter7_data(seed)
     lm = _chapter7_lm(seed, tok, text)
@@ -277,13 +277,13 @@ def connectors(seed: int) -> dict[str, float]:
         torch.manual_seed(seed + 1)
         connector = make_connector(name, vision.dim, lm.dim, **options)
         vlm = VisionLanguageModel(vision, connector, copy.deepcopy(lm), tok)
-        cached = data if out else vlm.with_regions(data)
-        train(vlm, cached, steps=600, batch_size=128, lr=1e-3, lr_scale={"connector": 3.0}, clip_grad=None,
+        if REGIONS not in data.labels:  # the frozen tower's features, once for all five
+            data = vlm.with_regions(data)
+        train(vlm, data, steps=600, batch_size=128, lr=1e-3, lr_scale={"connector": 3.0}, clip_grad=None,
               weight_decay=0.01, seed=seed, progress=False)
         vqa = accuracy_by_type(vlm.answer(test.images.float() / 255, test.texts), test)
         out[f"{label}, overall"] = vqa["overall"]
         out[f"{label}, binding"] = (vqa["color"] + vqa["shape"]) / 2
-        data = cached
     return out
 
 
