@@ -19,6 +19,8 @@ higher ones (``tests/test_architecture.py`` keeps it so):
 - ``mmlib.models``   -- the four-layer MultimodalModel (chapter 2) and the pretraining models
 - ``mmlib.pretrain`` -- the book's CLIP, pretraining, zero-shot classification, the command line
 - ``mmlib.transfer`` -- freezing, linear probes, fine-tuning, LP-FT (chapter 5)
+- ``mmlib.vlm``      -- a vision-language model from parts: connectors, instruction data (chapter 7)
+- ``mmlib.generate`` -- text to image: flow matching, DDPM, samplers, guidance, the judge (chapter 8)
 - ``mmlib.notebook`` -- the setup every chapter starts with, and ``glue`` for headline numbers
 """
 

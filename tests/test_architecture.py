@@ -15,7 +15,7 @@ LAYERS = [
     {"text", "history"},
     {"data", "encoders"},
     {"fusion", "train"},
-    {"models"},
+    {"models", "generate"},
     {"pretrain", "transfer"},
     {"vlm"},
     {"notebook"},

@@ -1,0 +1,241 @@
+"""mmlib.generate: the objectives against their formulas, the samplers against an exact answer,
+classifier-free guidance at w = 0 and w = 1, the prompts, the judge and its scores."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmlib import generate as G
+from mmlib import world
+from mmlib.text import Tokenizer
+from mmlib.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return G.TextToImage(Tokenizer.for_world(), channels=(8, 16), text_dim=16).eval()
+
+
+# --- objectives ---------------------------------------------------------------------------
+
+def test_flow_path_is_the_straight_line_from_noise_to_data():
+    x, noise = torch.full((2, 3, 4, 4), 2.0), torch.full((2, 3, 4, 4), -1.0)
+    point, velocity = G.flow_path(x, noise, torch.tensor([0.0, 0.25]))
+    assert torch.allclose(point[0], noise[0]) and torch.allclose(point[1], torch.full((3, 4, 4), -0.25))
+    assert torch.allclose(velocity, torch.full_like(x, 3.0))
+
+
+def test_flow_matching_loss_is_zero_for_the_true_velocity_and_the_mse_otherwise():
+    x, noise, t = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2), torch.rand(4)
+    exact = G.flow_matching_loss(lambda point, t: x - noise, x, noise, t)
+    zero = G.flow_matching_loss(lambda point, t: torch.zeros_like(point), x, noise, t)
+    assert exact.item() == 0 and zero.item() == pytest.approx(((x - noise) ** 2).mean().item())
+
+
+def test_ddpm_schedule_and_forward_process_follow_ho_et_al():
+    schedule = G.DDPMSchedule.linear()
+    assert schedule.steps == 1000
+    assert schedule.betas[0].item() == pytest.approx(1e-4) and schedule.betas[-1].item() == pytest.approx(0.02)
+    b1 = 1e-4 + (0.02 - 1e-4) / 999
+    assert schedule.alphas_bar[1].item() == pytest.approx((1 - 1e-4) * (1 - b1))
+    x, noise = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    mixed = G.ddpm_noised(x, noise, torch.tensor([0, 999]), schedule)
+    a0, a_last = schedule.alphas_bar[0].item(), schedule.alphas_bar[-1].item()
+    assert mixed[0, 0].item() == pytest.approx(math.sqrt(a0) + 2 * math.sqrt(1 - a0), rel=1e-5)
+    assert mixed[1, 0].item() == pytest.approx(math.sqrt(a_last) + 2 * math.sqrt(1 - a_last), rel=1e-5)
+    assert a_last < 1e-4, "the last step is (almost) pure noise"
+    loss = G.ddpm_loss(lambda point, t: noise, x, noise, torch.tensor([3, 500]), schedule)
+    assert loss.item() == 0
+    with pytest.raises(ValueError, match="index the schedule"):
+        G.ddpm_noised(x, noise, torch.tensor([1000, 0]), schedule)
+
+
+# --- samplers: exact answers on a one-dimensional Gaussian ------------------------------------
+
+M, S = 1.5, 0.5  # the target N(M, S^2), reached from N(0, 1)
+
+
+def exact_velocity(x, t):
+    """E[y - z | x_t = x] for y ~ N(M, S^2), z ~ N(0, 1), x_t = (1 - t) z + t y."""
+    t = t[:, None]
+    var = (1 - t) ** 2 + t ** 2 * S ** 2
+    return M + (t * S ** 2 - (1 - t)) / var * (x - t * M)
+
+
+def test_euler_on_the_exact_flow_lands_on_the_target_mean_and_variance():
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = G.euler(exact_velocity, noise, 200)
+    assert out.mean().item() == pytest.approx(M + S * noise.mean().item(), abs=0.01)
+    assert out.std().item() == pytest.approx(S * noise.std().item(), abs=0.01)
+    one_step = G.euler(exact_velocity, noise, 1)  # one step lands on the mean: the blur of few steps
+    assert one_step.std().item() < 0.01
+
+
+def test_ddim_on_the_exact_noise_predictor_lands_on_the_target():
+    schedule = G.DDPMSchedule.linear()
+
+    def exact_noise(x, t):
+        a = schedule.alphas_bar[(t * schedule.steps).round().long()][:, None]
+        return (1 - a).sqrt() * (x - a.sqrt() * M) / (a * S ** 2 + 1 - a)
+
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = G.ddim(exact_noise, noise, 1000, schedule)
+    assert out.mean().item() == pytest.approx(M + S * noise.mean().item(), abs=0.01)
+    assert out.std().item() == pytest.approx(S * noise.std().item(), abs=0.01)
+    coarse = [G.ddim(exact_noise, noise, k, schedule).std().item() for k in (10, 50)]
+    assert coarse[0] < coarse[1] < out.std().item(), "fewer steps: a larger discretisation error"
+
+
+def test_guide_is_u_plus_w_times_c_minus_u():
+    c, u = torch.tensor([3.0]), torch.tensor([1.0])
+    assert [G.guide(c, u, w).item() for w in (0, 1, 2.5)] == [1.0, 3.0, 6.0]
+
+
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(tiny):
+    texts = ["a red circle", "a large blue square on the left"]
+    tokens = tiny.tokens(texts)
+    text, blank = tiny.condition(tokens), tiny.condition(tokens, torch.ones(2, dtype=torch.bool))
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+    def manual(w):
+        field = lambda x, t: G.guide(tiny(x, t, text), tiny(x, t, blank), w)  # noqa: E731
+        return ((G.euler(field, noise, 3) + 1) / 2).clamp(0, 1)
+
+    conditional = ((G.euler(lambda x, t: tiny(x, t, text), noise, 3) + 1) / 2).clamp(0, 1)
+    unconditional = ((G.euler(lambda x, t: tiny(x, t, blank), noise, 3) + 1) / 2).clamp(0, 1)
+    for w, expected in ((1.0, conditional), (0.0, unconditional), (2.5, manual(2.5))):
+        got = G.generate_images(tiny, texts, steps=3, guidance=w, seed=5)
+        assert torch.allclose(got, expected, atol=1e-5), w
+    assert not torch.allclose(conditional, unconditional, atol=1e-4), "the caption changes the picture"
+
+
+def test_sampling_is_seeded_and_checks_its_arguments(tiny):
+    a = G.generate_images(tiny, ["a red circle"] * 2, steps=2, seed=3)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, G.generate_images(tiny, ["a red circle"] * 2, steps=2, seed=3))
+    with pytest.raises(ValueError, match="positive integer number of steps"):
+        G.generate_images(tiny, ["a red circle"], steps=0)
+    with pytest.raises(ValueError, match="guidance weight"):
+        G.generate_images(tiny, ["a red circle"], guidance=-1)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+def test_dropped_captions_become_the_learned_blank_and_the_rest_stay(tiny):
+    tokens = tiny.tokens(["a red circle", "a blue star at the top"])
+    full, mixed = tiny.condition(tokens), tiny.condition(tokens, torch.tensor([False, True]))
+    assert torch.equal(mixed.pooled[0], full.pooled[0]) and torch.equal(mixed.tokens[0], full.tokens[0])
+    assert torch.equal(mixed.pooled[1], tiny.null_pooled) and mixed.mask[1].tolist() == [True] + [False] * 5
+
+
+@pytest.mark.parametrize("objective", G.OBJECTIVES)
+def test_both_objectives_train_through_the_one_loop(objective):
+    torch.manual_seed(0)
+    data = G.generation_data(64, seed=3)
+    model = G.TextToImage(data.tokenizer, objective=objective, channels=(8, 16), text_dim=16)
+    history = train(model, data, steps=4, batch_size=16, lr=1e-3, progress=False)
+    assert len(history.loss) == 4 and all(math.isfinite(v) for v in history.loss)
+
+
+def test_bad_inputs_get_clear_errors(tiny):
+    with pytest.raises(ValueError, match="unknown word 'purpel'"):
+        tiny.tokens(["a purpel circle"])
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny.tokens([""])
+    with pytest.raises(ValueError, match="non-empty list"):
+        tiny.tokens("a red circle")
+    with pytest.raises(ValueError, match="shape"):
+        tiny(torch.zeros(1, 3, 32, 32), torch.zeros(1), tiny.condition(tiny.tokens(["a red circle"])))
+    with pytest.raises(ValueError, match="unknown objective"):
+        G.TextToImage(Tokenizer.for_world(), objective="gan")
+
+
+# --- prompts and data -----------------------------------------------------------------------
+
+def test_prompts_parse_back_to_what_they_ask():
+    assert G.parse_prompt("a large red circle in the top left") == [
+        {"size": "large", "position": "top left", "color": "red", "shape": "circle"}]
+    assert G.parse_prompt("a blue star") == [{"size": None, "position": None, "color": "blue", "shape": "star"}]
+    two = G.parse_prompt("a red circle and a blue square")
+    assert [(o["color"], o["shape"]) for o in two] == [("red", "circle"), ("blue", "square")]
+    for bad, match in (("a red", "cannot read"), ("red circle", "starts with 'a'"),
+                       ("a red circle in the middle", "unknown word 'middle'"),
+                       ("a large red circle and a blue star", "only colours and shapes"),
+                       ("a red hexagon", "unknown word 'hexagon'")):
+        with pytest.raises(ValueError, match=match):
+            G.parse_prompt(bad)
+
+
+def test_generation_data_captions_its_scenes_and_holds_pairs_out():
+    data = G.generation_data(400, seed=2)
+    assert data.images.shape == (400, 3, 16, 16) and data.images.dtype == torch.uint8
+    assert not data.scenes.combinations() & world.default_held_out()
+    assert (data.labels["objects"] == 2).sum().item() == 100
+    for i in (0, 7, 399):
+        objects, asked = data.scenes.objects(i), G.parse_prompt(data.texts[i])
+        assert [(o["color"], o["shape"]) for o in objects] == [(o["color"], o["shape"]) for o in asked]
+        if len(objects) == 1:
+            assert asked[0]["position"] in (None, objects[0]["position"])
+    single = data.scenes[np.nonzero(data.scenes.count == 1)[0]]
+    for v in (single.x[:, 0], single.y[:, 0]):
+        assert (np.abs(v - 1 / 3) > G.MARGIN).all() and (np.abs(v - 2 / 3) > G.MARGIN).all()
+
+
+# --- the judge and its scores ----------------------------------------------------------------
+
+class StubJudge:
+    """Reads what it is told to read."""
+
+    def __init__(self, readings):
+        self.readings = readings
+
+    def read(self, images):
+        return self.readings
+
+
+def reading(pairs, size=0, position=4):
+    n = len(pairs)
+    table = torch.zeros(n, len(G.PAIRS), dtype=torch.bool)
+    for i, ps in enumerate(pairs):
+        for c, s in ps:
+            table[i, G.PAIRS.index((c, s))] = True
+    first = torch.tensor([G.PAIRS.index(ps[0]) for ps in pairs])
+    return {"pairs": table, "color": first // 6, "shape": first % 6, "size": torch.full((n,), size),
+            "position": torch.as_tensor(position).expand(n).clone() if np.ndim(position) == 0 else torch.tensor(position)}
+
+
+def test_faithfulness_counts_every_asked_attribute_and_extra_objects():
+    texts = ["a red circle", "a large red circle", "a red circle in the centre", "a blue star",
+             "a red circle and a blue star"]
+    read = reading([[("red", "circle")], [("red", "circle")], [("red", "circle")],
+                    [("blue", "star"), ("red", "circle")], [("red", "star"), ("blue", "circle")]])
+    scores = G.faithfulness(StubJudge(read), torch.zeros(5, 3, 16, 16), texts)
+    # 1 right; 2 wrong size (small read); 3 right (centre = 4); 4 an extra object; 5 colours swapped
+    assert scores["faithful"] == pytest.approx(2 / 5)
+    assert scores["size"] == 0 and scores["position"] == 1 and scores["color"] == 1
+    with pytest.raises(ValueError, match="one prompt per image"):
+        G.faithfulness(StubJudge(read), torch.zeros(4, 3, 16, 16), texts)
+
+
+def test_diversity_is_zero_for_copies_and_the_chance_two_differ_otherwise():
+    same = reading([[("red", "circle")]] * 4, position=4)
+    spread = reading([[("red", "circle")]] * 4, position=[0, 1, 2, 3])
+    groups = [0, 0, 1, 1]
+    assert G.diversity(StubJudge(same), torch.zeros(4), groups) == 0
+    assert G.diversity(StubJudge(spread), torch.zeros(4), groups) == 1
+    half = reading([[("red", "circle")]] * 4, position=[0, 0, 0, 1])
+    assert G.diversity(StubJudge(half), torch.zeros(4), [0] * 4) == pytest.approx(1 - 6 / 12)
+    with pytest.raises(ValueError, match="at least two"):
+        G.diversity(StubJudge(same), torch.zeros(4), [0, 1, 1, 1])
+
+
+def test_a_briefly_trained_judge_reads_rendered_colours_and_sizes():
+    torch.manual_seed(0)
+    judge = G.Judge(width=8)
+    train(judge, G.judge_data(3000, seed=0), steps=150, batch_size=64, lr=5e-3, progress=False)
+    scores = G.judge_accuracy(judge, G.judge_data(600, seed=9))
+    assert scores["color"] > 0.9 and scores["size"] > 0.9, scores
+    with pytest.raises(ValueError, match="judge reads images"):
+        judge.read(torch.zeros(2, 3, 32, 32))
