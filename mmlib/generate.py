@@ -186,6 +186,21 @@ def flow_matching_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor, 
     return F.mse_loss(predict(point, t), velocity)
 
 
+def velocity_from_data(data: torch.Tensor, point: torch.Tensor, t: torch.Tensor, t_max: float = 0.95) -> torch.Tensor:
+    """The straight path's velocity implied by a prediction of the clean data:
+    ``(data - x_t) / (1 - t)``, with t capped at ``t_max`` so the division stays tame near t = 1.
+    Exact for the true data (t <= t_max): a network may predict the picture instead of the
+    velocity (Li & He 2025 argue that clean data is the easier target)."""
+    return (data - point) / (1 - _column(t, point).clamp(max=t_max))
+
+
+def flow_data_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Flow matching with a data-predicting network: the mean squared error between
+    ``predict(x_t, t)`` and the clean data ``x`` (no noise in the target)."""
+    point, _ = flow_path(x, noise, t)
+    return F.mse_loss(predict(point, t), x)
+
+
 @dataclass
 class DDPMSchedule:
     """DDPM's noise schedule: ``betas`` (T,) and ``alphas_bar`` = the running product of
@@ -360,11 +375,15 @@ class UNet(nn.Module):
 
 
 OBJECTIVES = ("flow", "ddpm")
+TARGETS = {"flow": ("velocity", "data"), "ddpm": ("noise",)}
+"""What the network predicts, per objective; the sampler always receives velocity (flow) or
+noise (ddpm)."""
 
 
 class TextToImage(nn.Module):
     """A text-to-image model: caption encoder + U-Net denoiser, trained by ``objective``
-    ('flow': velocity of the straight path; 'ddpm': the noise), with the caption dropped with
+    ('flow': the straight path from noise to data; 'ddpm': the noise), the network predicting
+    ``target`` ('velocity' or the clean 'data' for flow; 'noise' for ddpm), with the caption dropped with
     probability ``p_uncond`` (replaced by a learned 'no caption') for classifier-free guidance.
 
     text_encoder: any ``Encoder`` of token ids (default: a one-layer ``TextTransformer`` trained
@@ -373,10 +392,15 @@ class TextToImage(nn.Module):
 
     def __init__(self, tokenizer: Tokenizer, *, objective: str = "flow", channels: tuple[int, int] = (16, 64),
                  text_encoder: Encoder | None = None, text_dim: int = 64, p_uncond: float = 0.1,
-                 cross_attention: bool = True, schedule: DDPMSchedule | None = None):
+                 cross_attention: bool = True, schedule: DDPMSchedule | None = None,
+                 target: str | None = None):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: expected one of {OBJECTIVES}")
+        target = target or TARGETS[objective][0]
+        if target not in TARGETS[objective]:
+            raise ValueError(f"a {objective!r} model predicts one of {TARGETS[objective]}, got {target!r}")
+        self.target = target
         if not 0 <= p_uncond < 1:
             raise ValueError(f"p_uncond is a probability in [0, 1), got {p_uncond!r}")
         self.tokenizer, self.objective, self.p_uncond = tokenizer, objective, p_uncond
@@ -402,8 +426,9 @@ class TextToImage(nn.Module):
         return Features(pooled, torch.where(keep[..., None], text.tokens, null), mask)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: Features) -> torch.Tensor:
-        """The prediction (velocity or noise) for noisy images ``x`` at times ``t``."""
-        return self.unet(x, t, text)
+        """The velocity (flow) or noise (ddpm) for noisy images ``x`` at times ``t``."""
+        out = self.unet(x, t, text)
+        return velocity_from_data(out, x, t) if self.target == "data" else out
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         x = batch["image"] * 2 - 1
@@ -411,10 +436,11 @@ class TextToImage(nn.Module):
         drop = torch.rand(n, device=x.device) < self.p_uncond
         text = self.condition(batch["tokens"], drop)
         noise = torch.randn_like(x)
-        predict = lambda point, t: self(point, t, text)  # noqa: E731
+        predict = lambda point, t: self.unet(point, t, text)  # noqa: E731
         if self.objective == "flow":
             t = torch.rand(n, device=x.device)
-            return {"loss": flow_matching_loss(predict, x, noise, t)}
+            objective = flow_data_loss if self.target == "data" else flow_matching_loss
+            return {"loss": objective(predict, x, noise, t)}
         step = torch.randint(0, self.schedule.steps, (n,), device=x.device)
         return {"loss": ddpm_loss(predict, x, noise, step, self.schedule)}
 
@@ -605,6 +631,6 @@ def diversity(judge: Judge, images: torch.Tensor, groups: Sequence) -> float:
 
 
 __all__ = ["IMAGE_SIZE", "PAIRS", "MARGIN", "OBJECTIVES", "clear_scenes", "prompt_for", "prompts", "parse_prompt",
-           "generation_data", "flow_path", "flow_matching_loss", "DDPMSchedule", "ddpm_noised", "ddpm_loss", "guide",
+           "generation_data", "flow_path", "flow_matching_loss", "velocity_from_data", "flow_data_loss", "TARGETS", "DDPMSchedule", "ddpm_noised", "ddpm_loss", "guide",
            "euler", "ddim", "time_embedding", "FiLMBlock", "CrossAttention", "UNet", "TextToImage",
            "generate_images", "judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity"]
