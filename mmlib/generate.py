@@ -519,12 +519,13 @@ def judge_data(n: int, *, seed: int = 0, two_objects: float = 0.25) -> WorldData
 
 
 class Judge(nn.Module):
-    """A small CNN (batch-normalised) that reads an image: how many objects (one or two), which
-    of the 48 colour-shape pairs they are (the strongest one or two of a softmax trained on
-    targets that share the probability among the pairs present), and the size and position
-    word of a lone object."""
+    """A small CNN (batch-normalised) that reads an image: for each of the 8 colours, which
+    shape has that colour, or none (one 7-way choice per colour: the objects of a scene never
+    share a colour); and the size and position word of a lone object. The evidence for a
+    colour-shape pair is its strongest response anywhere in the image (max-pooling over
+    places), so what the judge learns on one object it applies to each of two."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 32):
         super().__init__()
 
         def block(cin, cout):
@@ -532,37 +533,47 @@ class Judge(nn.Module):
 
         w = width
         self.body = nn.Sequential(*block(3, w), *block(w, w), nn.MaxPool2d(2), *block(w, 2 * w), nn.MaxPool2d(2),
-                                  *block(2 * w, 2 * w), nn.Flatten())
-        self.heads = nn.Linear(2 * w * (IMAGE_SIZE // 4) ** 2, len(PAIRS) + 2 + len(world.SIZES) + len(world.POSITIONS))
+                                  *block(2 * w, 2 * w))
+        self.n_shapes = len(world.SHAPES) + 1  # the last choice: no object of this colour
+        self.where = nn.Conv2d(2 * w, len(PAIRS), 1)  # evidence for each pair at each place
+        flat = 2 * w * (IMAGE_SIZE // 4) ** 2
+        self.heads = nn.Linear(flat, len(world.COLORS) + len(world.SIZES) + len(world.POSITIONS))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"the judge reads images of shape (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(images.shape)}")
-        out = self.heads(self.body(images)).split([len(PAIRS), 2, len(world.SIZES), len(world.POSITIONS)], 1)
-        return dict(zip(("pairs", "objects", "size", "position"), out))
+        features = self.body(images)
+        pairs = self.where(features).amax((2, 3)).reshape(len(images), len(world.COLORS), len(world.SHAPES))
+        out = self.heads(features.flatten(1)).split([len(world.COLORS), len(world.SIZES), len(world.POSITIONS)], 1)
+        return {"colors": torch.cat([pairs, out[0][..., None]], 2), "size": out[1], "position": out[2]}
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self(batch["image"])
         single = batch["objects"] == 1
-        share = batch["pairs"] / batch["pairs"].sum(1, keepdim=True)  # 1/k on each of k pairs
-        terms = F.cross_entropy(out["pairs"], share) + F.cross_entropy(out["objects"], batch["objects"] - 1)
+        pairs = batch["pairs"].reshape(len(single), len(world.COLORS), len(world.SHAPES))
+        absent = pairs.sum(2, keepdim=True) == 0
+        target = torch.cat([pairs, absent.to(pairs.dtype)], 2).argmax(2)  # (B, 8) shape index or 'none'
+        terms = F.cross_entropy(out["colors"].flatten(0, 1), target.flatten())
         for name in ("size", "position"):
             terms = terms + F.cross_entropy(out[name][single], batch[name][single])
         return {"loss": terms}
 
     @torch.no_grad()
     def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the images show: 'objects' (1 or 2), 'pairs' (B, 48) bool (the strongest
-        'objects' pairs), and per image the 'color' and 'shape' of the strongest pair, the
-        'size' and 'position' indices."""
+        """What the images show: 'pairs' (B, 48) bool over ``PAIRS``, 'objects' (how many),
+        and per image the 'color' and 'shape' of the most certain object, the 'size' and
+        'position' indices."""
         was_training = self.training
         self.eval()
         out = self(images.to(next(self.parameters()).device))
         self.train(was_training)
-        count = out["objects"].argmax(1) + 1  # the judge reads one or two objects
-        rank = out["pairs"].argsort(1, descending=True).argsort(1)
-        best = out["pairs"].argmax(1)
-        return {"pairs": rank < count[:, None], "objects": count, "color": best // len(world.SHAPES), "shape": best % len(world.SHAPES),
+        choice = out["colors"].argmax(2)  # (B, 8)
+        present = choice < len(world.SHAPES)
+        pairs = torch.zeros(len(choice), len(world.COLORS), len(world.SHAPES), dtype=torch.bool, device=choice.device)
+        pairs.scatter_(2, choice.clamp(max=len(world.SHAPES) - 1)[..., None], present[..., None])
+        color = out["colors"].softmax(2)[..., -1].argmin(1)  # the colour least likely absent
+        shape = out["colors"][torch.arange(len(choice)), color, :-1].argmax(1)
+        return {"pairs": pairs.flatten(1), "objects": present.sum(1), "color": color, "shape": shape,
                 "size": out["size"].argmax(1), "position": out["position"].argmax(1)}
 
 

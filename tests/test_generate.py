@@ -245,7 +245,7 @@ def test_diversity_is_zero_for_copies_and_the_chance_two_differ_otherwise():
 def test_a_briefly_trained_judge_reads_rendered_colours_and_sizes():
     torch.manual_seed(0)
     judge = G.Judge(width=8)
-    train(judge, G.judge_data(3000, seed=0), steps=150, batch_size=64, lr=5e-3, progress=False)
+    train(judge, G.judge_data(3000, seed=0), steps=300, batch_size=64, lr=5e-3, progress=False)
     scores = G.judge_accuracy(judge, G.judge_data(600, seed=9))
     assert scores["color"] > 0.9 and scores["size"] > 0.9, scores
     with pytest.raises(ValueError, match="judge reads images"):
