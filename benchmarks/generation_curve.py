@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,12 +48,19 @@ def main(argv=None) -> None:
     parser.add_argument("--target", default=None)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--two-objects", type=float, default=0.25)
+    parser.add_argument("--judge-cache", default=None, help="load the judge from here if it exists, else save it")
     args = parser.parse_args(argv)
     torch.set_num_threads(choose_threads())
     seed_everything(0)
     began = time.perf_counter()
     judge = G.Judge()
-    train(judge, G.judge_data(12000, seed=0), steps=800, batch_size=128, lr=5e-3, progress=False)
+    if args.judge_cache and Path(args.judge_cache).exists():
+        judge.load_state_dict(torch.load(args.judge_cache))
+    else:
+        train(judge, G.judge_data(12000, seed=0), steps=800, batch_size=128, lr=5e-3, progress=False)
+        if args.judge_cache:
+            torch.save(judge.state_dict(), args.judge_cache)
+    judge.eval()
     scores = G.judge_accuracy(judge, G.judge_data(2000, seed=7))
     print(f"judge: {time.perf_counter() - began:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     data = G.generation_data(20000, seed=0, two_objects=args.two_objects)
