@@ -80,6 +80,10 @@ class WorldDataset(torch.utils.data.Dataset):
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out
 
+    def float_images(self) -> torch.Tensor:
+        """Every image as floats in [0, 1], (n, 3, S, S): what a model reads (chapters 7 and 8)."""
+        return self.images.float() / 255
+
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, device=None,
                 drop_last: bool = False) -> Iterator[dict]:
         """Yield batches (dicts of tensors) by slicing the stored tensors: no per-item collation."""

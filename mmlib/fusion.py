@@ -7,7 +7,7 @@ Every fusion module maps a list of per-modality ``Features`` (see ``mmlib.encode
 ===========  ===================================================================================
 concat       h = MLP([x_1; x_2; ...])                                    (early fusion)
 late         p = mean_m softmax(g_m(x_m)); returns log p                 (decision averaging)
-gmu          h = sum_m z_m * tanh(W_m x_m), z = softmax_m(W_z [x_1; ...])  Arevalo et al. 2017
+gmu          h = z * tanh(W_1 x_1) + (1 - z) * tanh(W_2 x_2), z = sigmoid(W_z [x_1; x_2])  Arevalo 2017
 tensor       z = [1; z_1] (x) [1; z_2] (x) ... -> Linear                Zadeh et al. 2017 (TFN)
 lowrank      h = prod_m (sum_i W_m^(i) [1; z_m]) summed over rank       Liu et al. 2018 (LMF)
 film         F' = gamma(c) * F + beta(c), F = image tokens, c = the others  Perez et al. 2018

@@ -149,3 +149,10 @@ def test_bad_dataset_arguments_raise(kwargs, match):
 def test_bad_batch_size_raises():
     with pytest.raises(ValueError, match="positive integer"):
         next(make_dataset("attributes", 10).batches(0))
+
+
+def test_float_images_are_what_a_batch_holds():
+    data = make_dataset("attributes", 10, seed=3)
+    floats = data.float_images()
+    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    assert torch.equal(floats, data.batch(torch.arange(10))["image"])
