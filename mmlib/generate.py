@@ -501,6 +501,10 @@ def judge_data(n: int, *, seed: int = 0, two_objects: float = 0.25) -> WorldData
     """Rendered 16-pixel scenes with what the judge must read: 'pairs' (n, 48) multi-hot over
     ``PAIRS``, 'objects', and for one-object scenes 'color', 'shape', 'size', 'position' (-1
     for two-object scenes). Every colour-shape pair occurs: the judge knows the whole world."""
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer of at least 2 scenes, got {n!r}")
+    if not 0 <= two_objects < 1:
+        raise ValueError(f"two_objects is a fraction in [0, 1), got {two_objects!r}")
     n2 = int(round(two_objects * n))
     parts = [clear_scenes(n - n2, 1, seed=seed)] + ([clear_scenes(n2, 2, seed=seed + 1)] if n2 else [])
     scenes = world.Scenes.concatenate(parts)

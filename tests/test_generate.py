@@ -130,6 +130,16 @@ def test_sampling_is_seeded_and_checks_its_arguments(tiny):
         G.generate_images(tiny, ["a red circle"], guidance=-1)
 
 
+def test_a_ddpm_model_samples_with_ddim_and_guidance():
+    torch.manual_seed(0)
+    model = G.TextToImage(Tokenizer.for_world(), objective="ddpm", channels=(8, 16), text_dim=16).eval()
+    texts = ["a red circle", "a blue star and a green cross"]
+    a = G.generate_images(model, texts, steps=4, guidance=2.0, seed=1)
+    assert a.shape == (2, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, G.generate_images(model, texts, steps=4, guidance=2.0, seed=1))
+    assert not torch.equal(a, G.generate_images(model, texts, steps=4, guidance=0.0, seed=1))
+
+
 # --- the model ------------------------------------------------------------------------------
 
 def test_dropped_captions_become_the_learned_blank_and_the_rest_stay(tiny):
@@ -159,6 +169,10 @@ def test_bad_inputs_get_clear_errors(tiny):
         tiny(torch.zeros(1, 3, 32, 32), torch.zeros(1), tiny.condition(tiny.tokens(["a red circle"])))
     with pytest.raises(ValueError, match="unknown objective"):
         G.TextToImage(Tokenizer.for_world(), objective="gan")
+    with pytest.raises(ValueError, match="at least 2 scenes"):
+        G.judge_data(1)
+    with pytest.raises(ValueError, match="fraction"):
+        G.generation_data(10, two_objects=1.0)
     with pytest.raises(ValueError, match="predicts one of"):
         G.TextToImage(Tokenizer.for_world(), objective="ddpm", target="data")
 
