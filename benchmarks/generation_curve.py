@@ -26,14 +26,16 @@ from mmlib.train import EMA, seed_everything, train
 
 
 def single_prompts(pairs, n, seed=0):
+    """``n`` one-object prompts cycling through ``pairs``, each naming a random size and a
+    random position half of the time."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         c, s = pairs[i % len(pairs)]
-        words = ["a"] + ([str(rng.choice(world.SIZES))] if rng.random() < 0.5 else []) + [c, s]
-        if rng.random() < 0.5:
-            words.append(world.language._position_phrase(str(rng.choice(world.POSITIONS))))
-        out.append(" ".join(words))
+        size = str(rng.choice(world.SIZES)) if rng.random() < 0.5 else None
+        where = str(rng.choice(world.POSITIONS)) if rng.random() < 0.5 else None
+        obj = {"color": c, "shape": s, "size": size, "position": where}
+        out.append(G.prompt_for([obj], size=size is not None, position=where is not None))
     return out
 
 

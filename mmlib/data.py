@@ -148,7 +148,7 @@ class WorldDataset(torch.utils.data.Dataset):
         return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
 
 
-def _render_uint8(scenes: world.Scenes, image_size: int, domain: str, chunk: int = 4096) -> torch.Tensor:
+def render_uint8(scenes: world.Scenes, image_size: int, domain: str, chunk: int = 4096) -> torch.Tensor:
     """Render in chunks straight to uint8, so peak memory stays near the size of the result."""
     out = torch.empty((len(scenes), 3, image_size, image_size), dtype=torch.uint8)
     for start in range(0, len(scenes), chunk):
@@ -214,7 +214,7 @@ def make_dataset(task: str, n: int, *, split: str = "train", held_out: Iterable[
     else:
         scene_options["exclude"] = held_out
     scenes = world.sample_scenes(n, n_objects, seed=split_seed, **scene_options)
-    images = _render_uint8(scenes, image_size, domain)
+    images = render_uint8(scenes, image_size, domain)
     labels = _attribute_labels(scenes)
     if tokenizer is None:
         tokenizer = Tokenizer.for_world(language)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmlib import world
-from mmlib.data import WorldDataset
+from mmlib.data import WorldDataset, render_uint8
 from mmlib.encoders import Encoder, Features, TextTransformer
 from mmlib.text import Tokenizer
 
@@ -72,6 +72,20 @@ def clear_scenes(n: int, n_objects: int = 1, *, seed: int = 0, margin: float = M
             raise RuntimeError("too few scenes clear of the thirds' lines; lower the margin")
         return scenes[keep]
     return world.sample_scenes(n, n_objects, seed=seed, distinct=True, **options)
+
+
+def mixed_scenes(n: int, two_objects: float, *, seed: int = 0, **options) -> world.Scenes:
+    """``n`` scenes from ``clear_scenes``: the first ``n - round(two_objects n)`` with one
+    object, the rest with two (seeds ``seed`` and ``seed + 1``)."""
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer of at least 2 scenes, got {n!r}")
+    if not 0 <= two_objects < 1:
+        raise ValueError(f"two_objects is a fraction in [0, 1), got {two_objects!r}")
+    n2 = int(round(two_objects * n))
+    parts = [clear_scenes(n - n2, 1, seed=seed, **options)]
+    if n2:
+        parts.append(clear_scenes(n2, 2, seed=seed + 1, **options))
+    return world.Scenes.concatenate(parts)
 
 
 def prompt_for(objects: Sequence[dict], size: bool = False, position: bool = False) -> str:
@@ -146,19 +160,11 @@ def generation_data(n: int, *, seed: int = 0, held_out=world.default_held_out(),
     with two objects ('a red circle and a blue square'), the rest with one, whose prompt names
     the size and the position half of the time each. No colour-shape pair in ``held_out``
     occurs. Labels: 'objects' (the count)."""
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 scenes, got {n!r}")
-    if not 0 <= two_objects < 1:
-        raise ValueError(f"two_objects is a fraction in [0, 1), got {two_objects!r}")
-    n2 = int(round(two_objects * n))
-    parts = [clear_scenes(n - n2, 1, seed=seed, exclude=held_out)]
-    if n2:
-        parts.append(clear_scenes(n2, 2, seed=seed + 1, exclude=held_out))
-    scenes = world.Scenes.concatenate(parts)
+    scenes = mixed_scenes(n, two_objects, seed=seed, exclude=held_out)
     texts = prompts(scenes, seed=seed + 2)
     tokenizer = tokenizer or Tokenizer.for_world()
     tokens, lengths = tokenizer.batch(texts)
-    images = (world.render_images(scenes, IMAGE_SIZE) * 255).round().to(torch.uint8)
+    images = render_uint8(scenes, IMAGE_SIZE, "clean")
     labels = {"objects": torch.as_tensor(scenes.count, dtype=torch.long)}
     return WorldDataset(images, labels, texts, tokens, lengths, None, scenes, tokenizer)
 
@@ -473,14 +479,14 @@ def generate_images(model: TextToImage, texts: Sequence[str], *, steps: int = 20
         rows = slice(start, start + batch_size)
         text = model.condition(tokens[rows])
         blank = model.condition(tokens[rows], torch.ones(len(tokens[rows]), dtype=torch.bool, device=device))
+        both = Features(torch.cat([text.pooled, blank.pooled]), torch.cat([text.tokens, blank.tokens]),
+                        torch.cat([text.mask, blank.mask]))  # the guided pair as one batch
 
         def field(x, t):
             if guidance == 1:
                 return model(x, t, text)
             if guidance == 0:
                 return model(x, t, blank)
-            both = Features(torch.cat([text.pooled, blank.pooled]), torch.cat([text.tokens, blank.tokens]),
-                            torch.cat([text.mask, blank.mask]))
             c, u = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
             return guide(c, u, guidance)
 
@@ -501,13 +507,7 @@ def judge_data(n: int, *, seed: int = 0, two_objects: float = 0.25) -> WorldData
     """Rendered 16-pixel scenes with what the judge must read: 'pairs' (n, 48) multi-hot over
     ``PAIRS``, 'objects', and for one-object scenes 'color', 'shape', 'size', 'position' (-1
     for two-object scenes). Every colour-shape pair occurs: the judge knows the whole world."""
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 scenes, got {n!r}")
-    if not 0 <= two_objects < 1:
-        raise ValueError(f"two_objects is a fraction in [0, 1), got {two_objects!r}")
-    n2 = int(round(two_objects * n))
-    parts = [clear_scenes(n - n2, 1, seed=seed)] + ([clear_scenes(n2, 2, seed=seed + 1)] if n2 else [])
-    scenes = world.Scenes.concatenate(parts)
+    scenes = mixed_scenes(n, two_objects, seed=seed)
     pairs = torch.zeros(len(scenes), len(PAIRS))
     for j in range(scenes.shape.shape[1]):
         rows = np.nonzero(scenes.mask[:, j])[0]
@@ -518,7 +518,7 @@ def judge_data(n: int, *, seed: int = 0, two_objects: float = 0.25) -> WorldData
     labels = {name: torch.where(single, torch.as_tensor(v, dtype=torch.long), -1) for name, v in first.items()}
     labels.update(pairs=pairs, objects=torch.as_tensor(scenes.count, dtype=torch.long),
                   position=torch.where(single, where, -1))
-    images = (world.render_images(scenes, IMAGE_SIZE) * 255).round().to(torch.uint8)
+    images = render_uint8(scenes, IMAGE_SIZE, "clean")
     return WorldDataset(images, labels, scenes=scenes)
 
 
@@ -609,7 +609,7 @@ def faithfulness(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> di
     for i, objects in enumerate(asked):
         want = torch.zeros(len(PAIRS), dtype=torch.bool)
         for o in objects:
-            want[world.COLORS.index(o["color"]) * len(world.SHAPES) + world.SHAPES.index(o["shape"])] = True
+            want[PAIRS.index((o["color"], o["shape"]))] = True
         ok = bool((read["pairs"][i] == want).all())
         if len(objects) == 1:
             o = objects[0]
@@ -645,7 +645,7 @@ def diversity(judge: Judge, images: torch.Tensor, groups: Sequence) -> float:
     return float(np.mean(values))
 
 
-__all__ = ["IMAGE_SIZE", "PAIRS", "MARGIN", "OBJECTIVES", "clear_scenes", "prompt_for", "prompts", "parse_prompt",
+__all__ = ["IMAGE_SIZE", "PAIRS", "MARGIN", "OBJECTIVES", "clear_scenes", "mixed_scenes", "prompt_for", "prompts", "parse_prompt",
            "generation_data", "flow_path", "flow_matching_loss", "velocity_from_data", "flow_data_loss", "TARGETS", "DDPMSchedule", "ddpm_noised", "ddpm_loss", "guide",
            "euler", "ddim", "time_embedding", "FiLMBlock", "CrossAttention", "UNet", "TextToImage",
            "generate_images", "judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity"]
