@@ -122,6 +122,18 @@ def seed_spread(claim: str) -> dict[str, dict]:
     return stored[claim]["rows"]
 
 
+def beats(claim: str, a: str, b: str) -> bool:
+    """Does ``a`` beat ``b`` beyond the seed spread? True when the mean of ``a`` over the
+    benchmark's seeds exceeds that of ``b`` by more than their two standard deviations together
+    (the book's rule for stating a ranking; otherwise the two tie)."""
+    rows = seed_spread(claim)
+    unknown = [n for n in (a, b) if n not in rows]
+    if unknown:
+        raise KeyError(f"the {claim!r} spread has no rows {unknown}; it has {list(rows)}")
+    gap = rows[a]["mean"] - rows[b]["mean"]
+    return gap > rows[a]["std"] + rows[b]["std"]
+
+
 def print_spread(claim: str, this_run: dict[str, float] | None = None,
                  names: list[str] | None = None) -> None:
     """A table of this run's numbers beside the mean ± std over seeds from the benchmark

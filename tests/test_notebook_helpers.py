@@ -92,6 +92,21 @@ def test_seed_spread_is_shipped_and_explains_unknown_claims(capsys):
         print_spread("lit", names=["nope"])
 
 
+def test_beats_needs_a_gap_wider_than_both_spreads(monkeypatch):
+    import mmlib.notebook as notebook
+
+    rows = {"a": {"mean": 0.90, "std": 0.02}, "b": {"mean": 0.85, "std": 0.02},
+            "c": {"mean": 0.80, "std": 0.01}}
+    monkeypatch.setattr(notebook, "seed_spread", lambda claim: rows)
+    assert notebook.beats("x", "a", "c")          # gap 0.10 > 0.03
+    assert notebook.beats("x", "a", "b")          # gap 0.05 > 0.04
+    rows["b"]["std"] = 0.04                       # gap 0.05 < 0.06: a tie
+    assert not notebook.beats("x", "a", "b") and not notebook.beats("x", "b", "a")
+    assert not notebook.beats("x", "c", "a")      # a loss is not a win
+    with pytest.raises(KeyError, match="has no rows"):
+        notebook.beats("x", "a", "nope")
+
+
 def test_every_chapter_claim_has_its_seed_spread():
     """The benchmark's table covers every claim the chapters print."""
     import json
@@ -102,7 +117,7 @@ def test_every_chapter_claim_has_its_seed_spread():
 
     book = Path(__file__).resolve().parents[1] / "book"
     claims = {m for nb in book.glob("*.ipynb")
-              for m in re.findall(r'(?:print_spread|seed_spread)\(\\?"(\w+)', nb.read_text())}
+              for m in re.findall(r'(?:print_spread|seed_spread|beats)\(\\?"(\w+)', nb.read_text())}
     assert claims >= {"fusion", "transfer", "lit"}
     for claim in claims:
         assert seed_spread(claim)
