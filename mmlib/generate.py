@@ -29,7 +29,8 @@ readable), scaled to [-1, 1] inside the model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -497,6 +498,77 @@ def generate_images(model: TextToImage, texts: Sequence[str], *, steps: int = 20
         out.append(((x + 1) / 2).clamp(0, 1))
     model.train(was_training)
     return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's generator: one recipe, trained once for longer than a chapter's budget
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GeneratorRecipe:
+    """How the book's generator is trained: flow matching with a data-predicting U-Net on
+    ``examples`` captioned scenes, batches of ``batch_size`` for ``steps`` steps, sampled from an
+    exponential moving average of the weights (decay ``ema``)."""
+
+    steps: int = 4_500
+    batch_size: int = 64
+    lr: float = 3e-3
+    examples: int = 20_000
+    two_objects: float = 0.25
+    channels: tuple[int, int] = (16, 64)
+    target: str = "data"
+    ema: float = 0.99
+    seed: int = 0
+
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.pt"
+"""The shipped weights of ``pretrained_generator`` (written by ``benchmarks/train_generator.py``)."""
+
+
+def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int | None = None, device=None,
+                    progress: bool = True, evaluate: Callable | None = None, eval_every: int = 0):
+    """Train a ``TextToImage`` by ``recipe`` (``steps`` overrides its length; the learning-rate
+    schedule then spans the shorter run). Returns the EMA model, in evaluation mode, and the
+    ``History``; ``evaluate(ema_model)`` runs every ``eval_every`` steps. The caller's random
+    numbers are left as they were."""
+    from mmlib.train import EMA, train
+
+    data = generation_data(recipe.examples, seed=recipe.seed, two_objects=recipe.two_objects)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = TextToImage(data.tokenizer, channels=tuple(recipe.channels), target=recipe.target)
+        ema = EMA(model, recipe.ema)
+        history = train(model, data, steps=steps or recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                        hooks=[ema], seed=recipe.seed, device=device, progress=progress, desc="generator",
+                        evaluate=(lambda _: evaluate(ema.model)) if evaluate else None, eval_every=eval_every)
+    return ema.model.eval(), history
+
+
+def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: str | Path = WEIGHTS,
+                         device=None) -> "TextToImage":
+    """The book's generator trained by ``recipe`` (about five minutes on two CPU cores, more than
+    a chapter's budget), loaded from the weights shipped with mmlib. A missing file or one
+    trained by another recipe raises a ValueError that says how to train it again."""
+    from mmlib.train import default_device, load_checkpoint
+
+    again = "train it again with: python benchmarks/train_generator.py"
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no generator weights at {path}: {again}")
+    model = TextToImage(Tokenizer.for_world(), channels=tuple(recipe.channels), target=recipe.target)
+    try:
+        stored = load_checkpoint(model, path).get("recipe")
+    except ValueError as err:
+        raise ValueError(f"{err}: {again}") from None
+    wanted = json_safe(asdict(recipe))
+    if stored != wanted:
+        raise ValueError(f"{path} was trained by the recipe {stored}, not {wanted}: {again}")
+    return model.to(device or default_device()).eval()
+
+
+def json_safe(recipe: dict) -> dict:
+    """A recipe as plain JSON values (tuples become lists), as checkpoints store it."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -264,3 +264,48 @@ def test_a_briefly_trained_judge_reads_rendered_colours_and_sizes():
     assert scores["color"] > 0.9 and scores["size"] > 0.9, scores
     with pytest.raises(ValueError, match="judge reads images"):
         judge.read(torch.zeros(2, 3, 32, 32))
+
+
+# --- the book's generator -------------------------------------------------------------------
+
+def test_the_shipped_generator_loads_and_draws_the_colour_it_is_asked_for():
+    """The weights shipped with mmlib fit today's TextToImage and recipe, and the model draws:
+    for 'a large red square' and 'a large blue circle', the object's pixels take the asked
+    colour (the judge-free check: the most common non-background colour)."""
+    model = G.pretrained_generator(device="cpu")
+    assert not model.training
+    images = G.generate_images(model, ["a large red square", "a large blue circle"], steps=10, guidance=3.0)
+    names = list(world.COLOR_RGB) + ["background"]
+    palette = torch.tensor(list(world.COLOR_RGB.values()) + [[20 / 255] * 3])
+    for image, want in zip(images, ("red", "blue")):
+        pixels = image.permute(1, 2, 0).reshape(-1, 1, 3)
+        nearest = ((pixels - palette) ** 2).sum(2).argmin(1)
+        counts = torch.bincount(nearest, minlength=len(names))
+        assert counts[-1] > 128, "mostly background"
+        assert names[counts[:-1].argmax()] == want, counts
+
+
+def test_pretrained_generator_refuses_missing_foreign_and_misfitting_weights(tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="train_generator.py"):
+        G.pretrained_generator(path=tmp_path / "nowhere.pt")
+    with pytest.raises(ValueError, match="recipe"):
+        G.pretrained_generator(G.GeneratorRecipe(steps=1))
+    with pytest.raises(ValueError, match="train_generator.py"):
+        G.pretrained_generator(replace(G.GeneratorRecipe(), channels=(8, 16)))
+
+
+def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness(monkeypatch):
+    recipe = G.GeneratorRecipe(steps=3, batch_size=8, examples=64, channels=(8, 16))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    seen = []
+    model, history = G.train_generator(recipe, progress=False, evaluate=lambda m: seen.append(m) or 0.0,
+                                       eval_every=3)
+    assert torch.equal(torch.rand(3), expected), "the caller's random numbers moved"
+    assert not model.training and len(history.loss) == 3 and seen == [model]
+    again, _ = G.train_generator(recipe, progress=False)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b), "same recipe, same weights"
