@@ -178,11 +178,14 @@ def _column(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1))).to(like)
 
 
-def flow_path(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_path(x: torch.Tensor, noise: torch.Tensor,
+              t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The straight path from noise (t = 0) to data (t = 1): the point
-    ``x_t = (1 - t) noise + t x`` and its velocity ``x - noise`` (the same at every t)."""
+    ``x_t = (1 - t) noise + t x`` and its velocity ``x - noise`` (the
+    same at every t)."""
     if x.shape != noise.shape:
-        raise ValueError(f"data and noise must have the same shape, got {tuple(x.shape)} and {tuple(noise.shape)}")
+        raise ValueError("data and noise must have the same shape, got "
+                         f"{tuple(x.shape)} and {tuple(noise.shape)}")
     t = _column(t, x)
     return (1 - t) * noise + t * x, x - noise
 
@@ -193,17 +196,20 @@ def flow_matching_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor, 
     return F.mse_loss(predict(point, t), velocity)
 
 
-def velocity_from_data(data: torch.Tensor, point: torch.Tensor, t: torch.Tensor, t_max: float = 0.95) -> torch.Tensor:
-    """The straight path's velocity implied by a prediction of the clean data:
-    ``(data - x_t) / (1 - t)``, with t capped at ``t_max`` so the division stays tame near t = 1.
-    Exact for the true data (t <= t_max): a network may predict the picture instead of the
-    velocity (Li & He 2025 argue that clean data is the easier target)."""
+def velocity_from_data(data: torch.Tensor, point: torch.Tensor,
+                       t: torch.Tensor,
+                       t_max: float = 0.95) -> torch.Tensor:
+    """The straight path's velocity implied by a prediction of the clean
+    data: ``(data - x_t) / (1 - t)``, with t capped at ``t_max`` so the
+    division stays tame near t = 1. Exact for the true data (t <= t_max):
+    a network may predict the picture instead of the velocity."""
     return (data - point) / (1 - _column(t, point).clamp(max=t_max))
 
 
-def flow_data_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Flow matching with a data-predicting network: the mean squared error between
-    ``predict(x_t, t)`` and the clean data ``x`` (no noise in the target)."""
+def flow_data_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+    """Flow matching with a data-predicting network: the mean squared
+    error between ``predict(x_t, t)`` and the clean data ``x``."""
     point, _ = flow_path(x, noise, t)
     return F.mse_loss(predict(point, t), x)
 
@@ -253,9 +259,11 @@ def ddpm_loss(predict: Callable, x: torch.Tensor, noise: torch.Tensor, step: tor
 # Samplers
 # ---------------------------------------------------------------------------------------------
 
-def guide(conditional: torch.Tensor, unconditional: torch.Tensor, w: float) -> torch.Tensor:
-    """Classifier-free guidance: ``u + w (c - u)``. w = 1 is the conditional model, w = 0 the
-    unconditional one, w > 1 pushes further in the direction the caption adds."""
+def guide(conditional: torch.Tensor, unconditional: torch.Tensor,
+          w: float) -> torch.Tensor:
+    """Classifier-free guidance: ``u + w (c - u)``. w = 1 is the
+    conditional model, w = 0 the unconditional one, w > 1 pushes further
+    in the direction the caption adds."""
     return unconditional + w * (conditional - unconditional)
 
 
@@ -564,6 +572,14 @@ def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: s
     if stored != wanted:
         raise ValueError(f"{path} was trained by the recipe {stored}, not {wanted}: {again}")
     return model.to(device or default_device()).eval()
+
+
+def generator_record(path: str | Path = WEIGHTS) -> dict:
+    """What the shipped weights say about their training: 'recipe', 'seconds', 'torch', 'cpus'."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no generator weights at {path}: train them with python benchmarks/train_generator.py")
+    return dict(torch.load(path, map_location="cpu", weights_only=True)["metadata"])
 
 
 def json_safe(recipe: dict) -> dict:
