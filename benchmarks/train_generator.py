@@ -1,6 +1,7 @@
 """Train the book's text-to-image generator (chapter 8) and ship its weights.
 
     python benchmarks/train_generator.py            # train by GeneratorRecipe(), report, save
+    python benchmarks/train_generator.py --text clip   # conditioned on chapter 4's frozen text tower
 
 The recipe (``mmlib.generate.GeneratorRecipe``) takes about five minutes on two CPU cores: more
 than a chapter's budget, so chapter 8 trains the same recipe briefly in front of the reader and
@@ -30,17 +31,25 @@ from mmlib.train import save_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=G.WEIGHTS, help="where to save the weights")
+    parser.add_argument("--text", default="trainable", choices=G.TEXT_ENCODERS,
+                        help="the prompt encoder: trained with the U-Net, or chapter 4's frozen CLIP tower")
+    parser.add_argument("--out", type=Path, default=None, help="where to save the weights (default: shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(choose_threads())
-    recipe = G.GeneratorRecipe()
+    recipe = G.GeneratorRecipe(text=args.text)
+    out = args.out or G.weights_path(recipe)
+    text_encoder = None
+    if args.text == "clip":
+        from mmlib.pretrain import pretrained_clip
+
+        text_encoder = pretrained_clip(progress=False).text_encoder
     began = time.perf_counter()
-    model, history = G.train_generator(recipe, progress=False)
+    model, history = G.train_generator(recipe, progress=False, text_encoder=text_encoder)
     seconds = time.perf_counter() - began
     print(f"trained {recipe.steps} steps in {seconds:.0f} s; final loss {history.loss[-1]:.4f}")
-    save_checkpoint(model, args.out, recipe=G.json_safe(asdict(recipe)), seconds=round(seconds, 1),
+    save_checkpoint(model, out, recipe=G.json_safe(asdict(recipe)), seconds=round(seconds, 1),
                     torch=str(torch.__version__), cpus=torch.get_num_threads())
-    print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -28,6 +28,7 @@ readable), scaled to [-1, 1] inside the model.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -516,7 +517,9 @@ def generate_images(model: TextToImage, texts: Sequence[str], *, steps: int = 20
 class GeneratorRecipe:
     """How the book's generator is trained: flow matching with a data-predicting U-Net on
     ``examples`` captioned scenes, batches of ``batch_size`` for ``steps`` steps, sampled from an
-    exponential moving average of the weights (decay ``ema``)."""
+    exponential moving average of the weights (decay ``ema``). ``text``: 'trainable' (a small
+    Transformer trained with the U-Net) or 'clip' (chapter 4's CLIP text tower, frozen, as
+    Imagen and unCLIP freeze theirs)."""
 
     steps: int = 4_500
     batch_size: int = 64
@@ -527,43 +530,71 @@ class GeneratorRecipe:
     target: str = "data"
     ema: float = 0.99
     seed: int = 0
+    text: str = "trainable"
 
 
+TEXT_ENCODERS = ("trainable", "clip")
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.pt"
-"""The shipped weights of ``pretrained_generator`` (written by ``benchmarks/train_generator.py``)."""
+"""The shipped weights of ``pretrained_generator`` (written by ``benchmarks/train_generator.py``);
+a recipe with ``text='clip'`` is shipped beside it as ``generator-clip.pt``."""
+
+
+def weights_path(recipe: GeneratorRecipe) -> Path:
+    """Where the shipped weights of ``recipe`` live."""
+    if recipe.text not in TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder {recipe.text!r}: expected one of {TEXT_ENCODERS}")
+    return WEIGHTS if recipe.text == "trainable" else WEIGHTS.with_name(f"generator-{recipe.text}.pt")
+
+
+def _generator(recipe: GeneratorRecipe, tokenizer: Tokenizer, text_encoder: Encoder | None) -> "TextToImage":
+    if recipe.text == "clip" and text_encoder is None:  # the architecture of chapter 4's text tower
+        from mmlib.encoders import BagOfEmbeddings
+
+        text_encoder = BagOfEmbeddings(len(tokenizer), 64)
+    return TextToImage(tokenizer, channels=tuple(recipe.channels), target=recipe.target,
+                       text_encoder=text_encoder)
 
 
 def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int | None = None, device=None,
-                    progress: bool = True, evaluate: Callable | None = None, eval_every: int = 0):
+                    progress: bool = True, evaluate: Callable | None = None, eval_every: int = 0,
+                    text_encoder: Encoder | None = None):
     """Train a ``TextToImage`` by ``recipe`` (``steps`` overrides its length; the learning-rate
     schedule then spans the shorter run). Returns the EMA model, in evaluation mode, and the
     ``History``; ``evaluate(ema_model)`` runs every ``eval_every`` steps. The caller's random
-    numbers are left as they were."""
+    numbers are left as they were. A 'clip' recipe needs ``text_encoder``: chapter 4's text
+    tower (``mmlib.pretrain.pretrained_clip().text_encoder``), which stays frozen."""
     from mmlib.train import EMA, train
 
+    weights_path(recipe)  # checks recipe.text
+    if recipe.text == "clip" and text_encoder is None:
+        raise ValueError("a text='clip' recipe conditions on chapter 4's text tower: pass "
+                         "text_encoder=mmlib.pretrain.pretrained_clip().text_encoder")
     data = generation_data(recipe.examples, seed=recipe.seed, two_objects=recipe.two_objects)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = TextToImage(data.tokenizer, channels=tuple(recipe.channels), target=recipe.target)
+        model = _generator(recipe, data.tokenizer, copy.deepcopy(text_encoder) if text_encoder else None)
         ema = EMA(model, recipe.ema)
+        frozen = {"text_encoder": 0.0} if recipe.text == "clip" else None
         history = train(model, data, steps=steps or recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                         hooks=[ema], seed=recipe.seed, device=device, progress=progress, desc="generator",
-                        evaluate=(lambda _: evaluate(ema.model)) if evaluate else None, eval_every=eval_every)
+                        lr_scale=frozen, evaluate=(lambda _: evaluate(ema.model)) if evaluate else None,
+                        eval_every=eval_every)
     return ema.model.eval(), history
 
 
-def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: str | Path = WEIGHTS,
+def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: str | Path | None = None,
                          device=None) -> "TextToImage":
     """The book's generator trained by ``recipe`` (about five minutes on two CPU cores, more than
     a chapter's budget), loaded from the weights shipped with mmlib. A missing file or one
     trained by another recipe raises a ValueError that says how to train it again."""
     from mmlib.train import default_device, load_checkpoint
 
-    again = "train it again with: python benchmarks/train_generator.py"
-    path = Path(path)
+    again = "train it again with: python benchmarks/train_generator.py" + (
+        f" --text {recipe.text}" if recipe.text != "trainable" else "")
+    path = Path(path) if path is not None else weights_path(recipe)
     if not path.exists():
         raise ValueError(f"no generator weights at {path}: {again}")
-    model = TextToImage(Tokenizer.for_world(), channels=tuple(recipe.channels), target=recipe.target)
+    model = _generator(recipe, Tokenizer.for_world(), None)
     try:
         stored = load_checkpoint(model, path).get("recipe")
     except ValueError as err:
@@ -574,9 +605,10 @@ def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: s
     return model.to(device or default_device()).eval()
 
 
-def generator_record(path: str | Path = WEIGHTS) -> dict:
-    """What the shipped weights say about their training: 'recipe', 'seconds', 'torch', 'cpus'."""
-    path = Path(path)
+def generator_record(recipe: GeneratorRecipe = GeneratorRecipe()) -> dict:
+    """What the shipped weights of ``recipe`` say about their training: 'recipe', 'seconds',
+    'torch', 'cpus'."""
+    path = weights_path(recipe)
     if not path.exists():
         raise ValueError(f"no generator weights at {path}: train them with python benchmarks/train_generator.py")
     return dict(torch.load(path, map_location="cpu", weights_only=True)["metadata"])

@@ -296,6 +296,37 @@ def test_pretrained_generator_refuses_missing_foreign_and_misfitting_weights(tmp
         G.pretrained_generator(replace(G.GeneratorRecipe(), channels=(8, 16)))
 
 
+def test_a_clip_recipe_needs_the_text_tower_and_keeps_it_frozen():
+    from mmlib.encoders import BagOfEmbeddings
+
+    recipe = G.GeneratorRecipe(steps=2, batch_size=8, examples=64, channels=(8, 16), text="clip")
+    assert G.weights_path(recipe).name == "generator-clip.pt"
+    with pytest.raises(ValueError, match="pretrained_clip"):
+        G.train_generator(recipe, progress=False)
+    with pytest.raises(ValueError, match="unknown text encoder"):
+        G.weights_path(G.GeneratorRecipe(text="t5"))
+    tower = BagOfEmbeddings(len(Tokenizer.for_world()), 64)
+    before = tower.embed.weight.clone()
+    model, _ = G.train_generator(recipe, progress=False, text_encoder=tower)
+    assert torch.equal(model.text_encoder.embed.weight, before), "the tower must stay frozen"
+    assert torch.equal(tower.embed.weight, before), "and the caller's tower untouched"
+    assert not torch.equal(model.unet.stem.weight, G.train_generator(
+        recipe, steps=1, progress=False, text_encoder=tower)[0].unet.stem.weight), "the U-Net learns"
+
+
+def test_the_shipped_clip_conditioned_generator_cannot_tell_swapped_colours_apart():
+    """Chapter 4's text tower is a bag of words: the two prompts below give the U-Net the same
+    condition, so the generator draws the same picture for both (the binding lesson)."""
+    model = G.pretrained_generator(G.GeneratorRecipe(text="clip"), device="cpu")
+    one, two = (G.generate_images(model, [text], steps=4, guidance=3.0, seed=0)
+                for text in ("a red circle and a blue square", "a blue circle and a red square"))
+    assert torch.allclose(one, two, atol=1e-4), "a bag of words cannot bind"
+    trained = G.pretrained_generator(device="cpu")  # the trainable Transformer reads the order
+    one, two = (G.generate_images(trained, [text], steps=4, guidance=3.0, seed=0)
+                for text in ("a red circle and a blue square", "a blue circle and a red square"))
+    assert (one - two).abs().max() > 0.5
+
+
 def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness(monkeypatch):
     recipe = G.GeneratorRecipe(steps=3, batch_size=8, examples=64, channels=(8, 16))
     torch.manual_seed(123)
