@@ -582,6 +582,19 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
     return ema.model.eval(), history
 
 
+def _retrain_hint(recipe: GeneratorRecipe) -> str:
+    return "train it again with: python benchmarks/train_generator.py" + (
+        f" --text {recipe.text}" if recipe.text != "trainable" else "")
+
+
+def _shipped(recipe: GeneratorRecipe, path: str | Path | None = None) -> Path:
+    """The weights file of ``recipe`` (or ``path``); a missing one raises how to train it."""
+    path = Path(path) if path is not None else weights_path(recipe)
+    if not path.exists():
+        raise ValueError(f"no generator weights at {path}: {_retrain_hint(recipe)}")
+    return path
+
+
 def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: str | Path | None = None,
                          device=None) -> "TextToImage":
     """The book's generator trained by ``recipe`` (about five minutes on two CPU cores, more than
@@ -589,29 +602,22 @@ def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: s
     trained by another recipe raises a ValueError that says how to train it again."""
     from mmlib.train import default_device, load_checkpoint
 
-    again = "train it again with: python benchmarks/train_generator.py" + (
-        f" --text {recipe.text}" if recipe.text != "trainable" else "")
-    path = Path(path) if path is not None else weights_path(recipe)
-    if not path.exists():
-        raise ValueError(f"no generator weights at {path}: {again}")
+    path = _shipped(recipe, path)
     model = _generator(recipe, Tokenizer.for_world(), None)
     try:
         stored = load_checkpoint(model, path).get("recipe")
     except ValueError as err:
-        raise ValueError(f"{err}: {again}") from None
+        raise ValueError(f"{err}: {_retrain_hint(recipe)}") from None
     wanted = json_safe(asdict(recipe))
     if stored != wanted:
-        raise ValueError(f"{path} was trained by the recipe {stored}, not {wanted}: {again}")
+        raise ValueError(f"{path} was trained by the recipe {stored}, not {wanted}: {_retrain_hint(recipe)}")
     return model.to(device or default_device()).eval()
 
 
 def generator_record(recipe: GeneratorRecipe = GeneratorRecipe()) -> dict:
     """What the shipped weights of ``recipe`` say about their training: 'recipe', 'seconds',
     'torch', 'cpus'."""
-    path = weights_path(recipe)
-    if not path.exists():
-        raise ValueError(f"no generator weights at {path}: train them with python benchmarks/train_generator.py")
-    return dict(torch.load(path, map_location="cpu", weights_only=True)["metadata"])
+    return dict(torch.load(_shipped(recipe), map_location="cpu", weights_only=True)["metadata"])
 
 
 def json_safe(recipe: dict) -> dict:

@@ -327,7 +327,7 @@ def test_the_shipped_clip_conditioned_generator_cannot_tell_swapped_colours_apar
     assert (one - two).abs().max() > 0.5
 
 
-def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness(monkeypatch):
+def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness():
     recipe = G.GeneratorRecipe(steps=3, batch_size=8, examples=64, channels=(8, 16))
     torch.manual_seed(123)
     expected = torch.rand(3)
