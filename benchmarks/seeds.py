@@ -303,23 +303,32 @@ def connectors(seed: int) -> dict[str, float]:
 def generation(seed: int) -> dict[str, float]:
     """Chapter 8: the generator's recipe with this seed (seed 0 loads the shipped weights, which
     that recipe trained; other seeds train for about 5 min each), read by a judge: seen vs
-    held-out pairs, two-object prompts (binding), guidance w = 1 vs 5."""
+    held-out pairs, two-object prompts (binding), guidance w = 1 vs 5; and the seen-pair drawings
+    read by the judge, chapter 7b's describer and chapter 4's CLIP (fixed readers)."""
     from mmlib import generate as G
+    from mmlib.pretrain import pretrained_clip
     from mmlib.train import train
+    from mmlib.vlm import pretrained_describer
 
     torch.manual_seed(seed)
     judge = G.Judge()
     train(judge, G.judge_data(12_000, seed=seed), steps=800, batch_size=128, lr=5e-3, seed=seed,
           progress=False)
     judge.eval()
+    describer, clip = pretrained_describer(), pretrained_clip(progress=False)
     recipe = G.GeneratorRecipe(seed=seed)
     model = G.pretrained_generator(recipe) if seed == 0 else G.train_generator(recipe, progress=False)[0]
     held = set(world.default_held_out())
     prompts = {"seen pairs": G.prompts(G.clear_scenes(320, seed=5, exclude=held), seed=5),
                "held-out pairs": G.prompts(G.clear_scenes(320, seed=6, only=held), seed=6),
                "two objects": G.prompts(G.clear_scenes(128, 2, seed=9, exclude=held), seed=9)}
-    out = {name: G.faithfulness(judge, G.generate_images(model, texts, steps=10, guidance=3.0), texts)["faithful"]
-           for name, texts in prompts.items()}
+    drawn = {name: G.generate_images(model, texts, steps=10, guidance=3.0) for name, texts in prompts.items()}
+    out = {name: G.faithfulness(judge, drawn[name], texts)["faithful"] for name, texts in prompts.items()}
+    # closing the loop: three readers of the seen-pair drawings (the describer and CLIP are fixed)
+    seen, images = prompts["seen pairs"], drawn["seen pairs"]
+    out["read as asked: judge"] = G.judged_as_asked(judge, images, seen).float().mean().item()
+    out["read as asked: describer"] = G.described_as_asked(describer, images, seen)[0].float().mean().item()
+    out["read as asked: CLIP"] = G.clip_reading(clip, images, seen)["named"].float().mean().item()
     out["seen - held-out"] = out["seen pairs"] - out["held-out pairs"]
     free = [f"a {c} {s}" for c, s in [p for p in G.PAIRS if p not in held][:16] for _ in range(8)]
     for w in (1.0, 5.0):

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmlib import generate as G  # noqa: E402
+from mmlib import shipped  # noqa: E402
 from mmlib.notebook import choose_threads  # noqa: E402
-from mmlib.train import save_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     model, history = G.train_generator(recipe, progress=False, text_encoder=text_encoder)
     seconds = time.perf_counter() - began
     print(f"trained {recipe.steps} steps in {seconds:.0f} s; final loss {history.loss[-1]:.4f}")
-    save_checkpoint(model, out, recipe=G.json_safe(asdict(recipe)), seconds=round(seconds, 1),
-                    torch=str(torch.__version__), cpus=torch.get_num_threads())
+    shipped.save(model, out, asdict(recipe), seconds)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

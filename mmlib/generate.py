@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib import world
+from mmlib import shipped, world
 from mmlib.data import WorldDataset, render_uint8
 from mmlib.encoders import Encoder, Features, TextTransformer
 from mmlib.text import Tokenizer
@@ -534,7 +534,7 @@ class GeneratorRecipe:
 
 
 TEXT_ENCODERS = ("trainable", "clip")
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.pt"
+WEIGHTS = shipped.path_of("generator")
 """The shipped weights of ``pretrained_generator`` (written by ``benchmarks/train_generator.py``);
 a recipe with ``text='clip'`` is shipped beside it as ``generator-clip.pt``."""
 
@@ -543,7 +543,7 @@ def weights_path(recipe: GeneratorRecipe) -> Path:
     """Where the shipped weights of ``recipe`` live."""
     if recipe.text not in TEXT_ENCODERS:
         raise ValueError(f"unknown text encoder {recipe.text!r}: expected one of {TEXT_ENCODERS}")
-    return WEIGHTS if recipe.text == "trainable" else WEIGHTS.with_name(f"generator-{recipe.text}.pt")
+    return WEIGHTS if recipe.text == "trainable" else shipped.path_of(f"generator-{recipe.text}")
 
 
 def _generator(recipe: GeneratorRecipe, tokenizer: Tokenizer, text_encoder: Encoder | None) -> "TextToImage":
@@ -583,16 +583,7 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
 
 
 def _retrain_hint(recipe: GeneratorRecipe) -> str:
-    return "train it again with: python benchmarks/train_generator.py" + (
-        f" --text {recipe.text}" if recipe.text != "trainable" else "")
-
-
-def _shipped(recipe: GeneratorRecipe, path: str | Path | None = None) -> Path:
-    """The weights file of ``recipe`` (or ``path``); a missing one raises how to train it."""
-    path = Path(path) if path is not None else weights_path(recipe)
-    if not path.exists():
-        raise ValueError(f"no generator weights at {path}: {_retrain_hint(recipe)}")
-    return path
+    return "python benchmarks/train_generator.py" + (f" --text {recipe.text}" if recipe.text != "trainable" else "")
 
 
 def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: str | Path | None = None,
@@ -600,29 +591,20 @@ def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: s
     """The book's generator trained by ``recipe`` (about five minutes on two CPU cores, more than
     a chapter's budget), loaded from the weights shipped with mmlib. A missing file or one
     trained by another recipe raises a ValueError that says how to train it again."""
-    from mmlib.train import default_device, load_checkpoint
+    from mmlib.train import default_device
 
-    path = _shipped(recipe, path)
     model = _generator(recipe, Tokenizer.for_world(), None)
-    try:
-        stored = load_checkpoint(model, path).get("recipe")
-    except ValueError as err:
-        raise ValueError(f"{err}: {_retrain_hint(recipe)}") from None
-    wanted = json_safe(asdict(recipe))
-    if stored != wanted:
-        raise ValueError(f"{path} was trained by the recipe {stored}, not {wanted}: {_retrain_hint(recipe)}")
+    shipped.load(model, path if path is not None else weights_path(recipe), asdict(recipe), _retrain_hint(recipe))
     return model.to(device or default_device()).eval()
 
 
 def generator_record(recipe: GeneratorRecipe = GeneratorRecipe()) -> dict:
     """What the shipped weights of ``recipe`` say about their training: 'recipe', 'seconds',
     'torch', 'cpus'."""
-    return dict(torch.load(_shipped(recipe), map_location="cpu", weights_only=True)["metadata"])
+    return shipped.record(weights_path(recipe), _retrain_hint(recipe))
 
 
-def json_safe(recipe: dict) -> dict:
-    """A recipe as plain JSON values (tuples become lists), as checkpoints store it."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}
+json_safe = shipped.json_safe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,7 +753,65 @@ def diversity(judge: Judge, images: torch.Tensor, groups: Sequence) -> float:
     return float(np.mean(values))
 
 
+# ---------------------------------------------------------------------------------------------
+# Closing the loop: the book's other models read the generated images
+# ---------------------------------------------------------------------------------------------
+
+def upsample(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """Images scaled to ``size`` pixels by repeating pixels (nearest neighbour), so that the
+    book's 32-pixel readers (chapter 4's CLIP, chapter 7b's describer) can read 16-pixel ones.
+    Repeated pixels keep the hard edges of the renders those readers learned from."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    return F.interpolate(images, size=size, mode="nearest")
+
+
+def _asked_pairs(texts: Sequence[str]) -> list[set]:
+    return [{(o["color"], o["shape"]) for o in parse_prompt(t)} for t in texts]
+
+
+def judged_as_asked(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """Per image, whether the judge finds exactly the prompt's objects (colour and shape; size
+    and position aside): the judge's verdict on the question the other readers answer."""
+    if len(images) != len(texts) or not len(texts):
+        raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
+    read = judge.read(images)["pairs"].cpu()
+    return torch.tensor([{PAIRS[j] for j in row.nonzero().flatten().tolist()} == want
+                         for row, want in zip(read, _asked_pairs(texts))])
+
+
+def described_as_asked(describer, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """Image -> text: ask ``describer`` (chapter 7b's model) what is in each image (upsampled to
+    32 pixels) and read its answer back. Returns, per image, whether the description names
+    exactly the prompt's objects (colour and shape), and the descriptions."""
+    from mmlib.vlm import DESCRIBE, mentioned
+
+    if len(images) != len(texts) or not len(texts):
+        raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
+    said = describer.answer(upsample(images), [DESCRIBE] * len(texts), max_new=24)
+    right = [set(mentioned(d)) == want for d, want in zip(said, _asked_pairs(texts))]
+    return torch.tensor(right), said
+
+
+def clip_reading(clip, images: torch.Tensor, texts: Sequence[str], k: int = 3) -> dict:
+    """Chapter 4's CLIP on one-object images (upsampled to 32 pixels), both ways.
+    'named': per image, whether zero-shot classification among all 48 pairs picks the prompt's
+    pair (image -> text). 'retrieved': for each pair the prompts ask for, the share of the ``k``
+    images CLIP ranks first for that pair's text that were drawn for it (text -> image),
+    averaged over pairs."""
+    from mmlib.pretrain import zero_shot_scores
+
+    asked = [next(iter(p)) if len(p) == 1 else None for p in _asked_pairs(texts)]
+    if len(images) != len(texts) or not texts or None in asked:
+        raise ValueError("clip_reading needs one one-object prompt per image ('a red circle')")
+    scores = zero_shot_scores(clip, upsample(images), PAIRS, Tokenizer.for_world()).cpu()
+    index = torch.tensor([PAIRS.index(p) for p in asked])
+    precision = [(index[scores[:, q].topk(k).indices] == q).float().mean() for q in index.unique()]
+    return {"named": scores.argmax(1) == index, "retrieved": torch.stack(precision).mean().item()}
+
+
 __all__ = ["IMAGE_SIZE", "PAIRS", "MARGIN", "OBJECTIVES", "clear_scenes", "mixed_scenes", "prompt_for", "prompts", "parse_prompt",
            "generation_data", "flow_path", "flow_matching_loss", "velocity_from_data", "flow_data_loss", "TARGETS", "DDPMSchedule", "ddpm_noised", "ddpm_loss", "guide",
            "euler", "ddim", "time_embedding", "FiLMBlock", "CrossAttention", "UNet", "TextToImage",
-           "generate_images", "judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity"]
+           "generate_images", "judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity",
+           "upsample", "judged_as_asked", "described_as_asked", "clip_reading"]

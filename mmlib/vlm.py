@@ -26,6 +26,7 @@ The recipe of LLaVA, BLIP-2, Flamingo and their successors, in the order the cha
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -590,8 +591,9 @@ def pope_scores(replies: Sequence[str], truths: Sequence[str]) -> dict[str, floa
             "f1": float(2 * precision * recall / max(precision + recall, 1e-12)), "yes_ratio": float(said.mean())}
 
 
-def _mentioned(text: str) -> list[tuple]:
-    """The (colour, shape) pairs a description names, read back by ``world.parse_caption``."""
+def mentioned(text: str) -> list[tuple]:
+    """The (colour, shape) pairs a description names, read back by ``world.parse_caption``
+    (none when it cannot be read)."""
     try:
         return [(o.get("color"), o.get("shape")) for o in world.parse_caption(text)]
     except ValueError:
@@ -607,7 +609,7 @@ def description_scores(descriptions: Sequence[str], scenes) -> dict[str, float]:
     tp = fp = fn = 0
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
-        said = set(_mentioned(text))
+        said = set(mentioned(text))
         tp, fp, fn = tp + len(said & present), fp + len(said - present), fn + len(present - said)
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     return {"precision": precision, "recall": recall,
@@ -624,9 +626,94 @@ def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     mentioned = hallucinated = bad = 0
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
-        said = _mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
+        said = mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
         wrong = sum(pair not in present for pair in said)
         mentioned += len(said)
         hallucinated += wrong
         bad += wrong > 0
     return {"chair_i": hallucinated / max(mentioned, 1), "chair_s": bad / len(descriptions)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's describer: chapter 7b's recipe, trained once and shipped
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DescriberRecipe:
+    """Chapter 7b's fully tuned model, the one that answers questions and describes scenes:
+    chapter 4's CLIP image tower (frozen) -> an MLP connector over 2 x 2-pooled regions -> a
+    2-block language model pretrained for ``lm_steps`` on the world's chat text, then tuned for
+    ``steps`` on ``questions`` questions mixed with ``descriptions`` descriptions."""
+
+    questions: int = 20_000
+    descriptions: int = 10_000
+    lm_steps: int = 200
+    steps: int = 400
+    batch_size: int = 48
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def _describer(tokenizer: Tokenizer, vision: Encoder, lm: LanguageModel | None = None) -> VisionLanguageModel:
+    """The describer's architecture around ``vision`` (and ``lm``, if already built)."""
+    lm = lm or LanguageModel(len(tokenizer), dim=128, depth=2, heads=4, max_len=48)
+    return VisionLanguageModel(vision, make_connector("mlp", vision.dim, lm.dim, pool=2), lm, tokenizer)
+
+
+def _describer_hint(recipe: DescriberRecipe) -> str:
+    return "python benchmarks/train_describer.py"
+
+
+def train_describer(recipe: DescriberRecipe = DescriberRecipe(), *, clip: nn.Module | None = None, device=None,
+                    progress: bool = True) -> VisionLanguageModel:
+    """Train chapter 7b's describer by ``recipe`` on top of ``clip`` (default: chapter 4's
+    ``pretrained_clip()``), whose image tower is copied and frozen. The caller's random numbers
+    are left as they were. Returns the model in evaluation mode."""
+    import copy
+
+    from mmlib.pretrain import pretrained_clip
+    from mmlib.train import train
+
+    clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
+    tok = chat_tokenizer()
+    common = dict(held_out=world.default_held_out(), tokenizer=tok)
+    s = recipe.seed
+    text = mix(instruction_data(recipe.questions // 2, seed=s + 1, **common),
+               description_data(recipe.descriptions // 2, seed=s + 4, **common), seed=s + 1)
+    tuning = mix(instruction_data(recipe.questions, seed=s, **common),
+                 description_data(recipe.descriptions, seed=s + 2, **common), seed=s)
+    with torch.random.fork_rng(devices=[]):  # chapter 7b's order of random draws
+        torch.manual_seed(s)
+        lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
+        train(lm, text, steps=recipe.lm_steps, batch_size=64, lr=3e-3, loss=language_model_loss(lm, tok.pad_id),
+              seed=s, device=device, progress=progress, desc="language model")
+        torch.manual_seed(s + 1)
+        model = _describer(tok, copy.deepcopy(clip.image_encoder), lm)
+        train(model, tuning, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+              lr_scale={"connector": 3.0}, clip_grad=None, weight_decay=0.01, seed=s, device=device,
+              progress=progress, desc="tuning")
+    return model.eval()
+
+
+def pretrained_describer(recipe: DescriberRecipe = DescriberRecipe(), *, path=None, device=None
+                         ) -> VisionLanguageModel:
+    """Chapter 7b's describer trained by ``recipe``, loaded from the weights shipped with mmlib
+    (its frozen copy of chapter 4's image tower included, so it matches on any machine). It reads
+    32-pixel images. A missing file or one trained by another recipe raises a ValueError that
+    says how to train it again."""
+    from mmlib import shipped
+    from mmlib.pretrain import image_tower
+    from mmlib.train import default_device
+
+    model = _describer(chat_tokenizer(), image_tower())
+    shipped.load(model, path if path is not None else shipped.path_of("describer"), asdict(recipe),
+                 _describer_hint(recipe))
+    return model.to(device or default_device()).eval()
+
+
+def describer_record(recipe: DescriberRecipe = DescriberRecipe()) -> dict:
+    """What the shipped describer's weights say about their training: 'recipe', 'seconds',
+    'torch', 'cpus'."""
+    from mmlib import shipped
+
+    return shipped.record(shipped.path_of("describer"), _describer_hint(recipe))
