@@ -766,7 +766,8 @@ def upsample(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="nearest")
 
 
-def _asked_pairs(texts: Sequence[str]) -> list[set]:
+def asked_pairs(texts: Sequence[str]) -> list[set]:
+    """The set of (colour, shape) pairs each prompt asks for."""
     return [{(o["color"], o["shape"]) for o in parse_prompt(t)} for t in texts]
 
 
@@ -777,7 +778,7 @@ def judged_as_asked(judge: Judge, images: torch.Tensor, texts: Sequence[str]) ->
         raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
     read = judge.read(images)["pairs"].cpu()
     return torch.tensor([{PAIRS[j] for j in row.nonzero().flatten().tolist()} == want
-                         for row, want in zip(read, _asked_pairs(texts))])
+                         for row, want in zip(read, asked_pairs(texts))])
 
 
 def described_as_asked(describer, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
@@ -789,7 +790,7 @@ def described_as_asked(describer, images: torch.Tensor, texts: Sequence[str]) ->
     if len(images) != len(texts) or not len(texts):
         raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
     said = describer.answer(upsample(images), [DESCRIBE] * len(texts), max_new=24)
-    right = [set(mentioned(d)) == want for d, want in zip(said, _asked_pairs(texts))]
+    right = [set(mentioned(d)) == want for d, want in zip(said, asked_pairs(texts))]
     return torch.tensor(right), said
 
 
@@ -801,7 +802,7 @@ def clip_reading(clip, images: torch.Tensor, texts: Sequence[str], k: int = 3) -
     averaged over pairs."""
     from mmlib.pretrain import zero_shot_scores
 
-    asked = [next(iter(p)) if len(p) == 1 else None for p in _asked_pairs(texts)]
+    asked = [next(iter(p)) if len(p) == 1 else None for p in asked_pairs(texts)]
     if len(images) != len(texts) or not texts or None in asked:
         raise ValueError("clip_reading needs one one-object prompt per image ('a red circle')")
     scores = zero_shot_scores(clip, upsample(images), PAIRS, Tokenizer.for_world()).cpu()
@@ -814,4 +815,4 @@ __all__ = ["IMAGE_SIZE", "PAIRS", "MARGIN", "OBJECTIVES", "clear_scenes", "mixed
            "generation_data", "flow_path", "flow_matching_loss", "velocity_from_data", "flow_data_loss", "TARGETS", "DDPMSchedule", "ddpm_noised", "ddpm_loss", "guide",
            "euler", "ddim", "time_embedding", "FiLMBlock", "CrossAttention", "UNet", "TextToImage",
            "generate_images", "judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity",
-           "upsample", "judged_as_asked", "described_as_asked", "clip_reading"]
+           "upsample", "asked_pairs", "judged_as_asked", "described_as_asked", "clip_reading"]

@@ -89,12 +89,13 @@ def show_images(images, captions=None, ncols: int = 6, title: str | None = None,
     width = width or PAGE_WIDTH / ncols
     chars = max(10, int(width * 14))  # characters of 8-pt text across one image
     lines = max((len(textwrap.wrap(c, chars)) for c in captions), default=0) if captions else 0
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + 0.17 * lines) * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + 0.22 * lines) * nrows),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+        ax.set_anchor("S")  # the room a caption needs stays above its image
         if captions is not None:
             ax.set_title("\n".join(textwrap.wrap(captions[i], chars)), fontsize=8, fontweight="normal")
     if title:

@@ -17,6 +17,9 @@ The recipe of LLaVA, BLIP-2, Flamingo and their successors, in the order the cha
   tuning every weight of the LM.
 - **Chat data** (``instruction_data``, also the text the LM is pretrained on): ``<user> question <assistant> answer <eos>``; the loss
   covers only the assistant's tokens.
+- **The book's describer** (``DescriberRecipe``, ``train_describer``, ``pretrained_describer``):
+  chapter 7b's fully tuned model as one recipe, shipped with mmlib so that chapter 8 can read
+  its generated images with it.
 - **Evaluation against the world's exact truth**: accuracy per question type, POPE probes with
   random, popular and adversarial negatives (``pope_probes``/``pope_scores``), and for
   descriptions (``description_data``, chapter 7b) object F1 (``description_scores``) and CHAIR
@@ -623,15 +626,15 @@ def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     counts as one hallucination."""
     if len(descriptions) != len(scenes):
         raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
-    mentioned = hallucinated = bad = 0
+    named = hallucinated = bad = 0
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
         said = mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
         wrong = sum(pair not in present for pair in said)
-        mentioned += len(said)
+        named += len(said)
         hallucinated += wrong
         bad += wrong > 0
-    return {"chair_i": hallucinated / max(mentioned, 1), "chair_s": bad / len(descriptions)}
+    return {"chair_i": hallucinated / max(named, 1), "chair_s": bad / len(descriptions)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,6 +651,7 @@ class DescriberRecipe:
     questions: int = 20_000
     descriptions: int = 10_000
     lm_steps: int = 200
+    lm_batch_size: int = 64
     steps: int = 400
     batch_size: int = 48
     lr: float = 2e-3
@@ -685,7 +689,7 @@ def train_describer(recipe: DescriberRecipe = DescriberRecipe(), *, clip: nn.Mod
     with torch.random.fork_rng(devices=[]):  # chapter 7b's order of random draws
         torch.manual_seed(s)
         lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
-        train(lm, text, steps=recipe.lm_steps, batch_size=64, lr=3e-3, loss=language_model_loss(lm, tok.pad_id),
+        train(lm, text, steps=recipe.lm_steps, batch_size=recipe.lm_batch_size, lr=3e-3, loss=language_model_loss(lm, tok.pad_id),
               seed=s, device=device, progress=progress, desc="language model")
         torch.manual_seed(s + 1)
         model = _describer(tok, copy.deepcopy(clip.image_encoder), lm)

@@ -340,3 +340,78 @@ def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness
     again, _ = G.train_generator(recipe, progress=False)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b), "same recipe, same weights"
+
+
+# --- closing the loop: the book's other readers ------------------------------------------------
+
+def test_upsample_repeats_each_pixel():
+    x = torch.rand(2, 3, 16, 16)
+    up = G.upsample(x)
+    assert up.shape == (2, 3, 32, 32)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            assert torch.equal(up[..., dy::2, dx::2], x)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        G.upsample(torch.rand(3, 16, 16))
+
+
+def test_asked_pairs_reads_each_prompts_objects():
+    assert G.asked_pairs(["a large red circle on the left", "a red circle and a blue square"]) == [
+        {("red", "circle")}, {("red", "circle"), ("blue", "square")}]
+    with pytest.raises(ValueError, match="unknown word"):
+        G.asked_pairs(["a red circel"])
+
+
+class _Judge:
+    """Reads every image as showing exactly the pairs it was built with."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def read(self, images):
+        rows = torch.zeros(len(images), len(G.PAIRS), dtype=torch.bool)
+        for i, found in enumerate(self.pairs):
+            for pair in found:
+                rows[i, G.PAIRS.index(pair)] = True
+        return {"pairs": rows}
+
+
+def test_judged_as_asked_wants_exactly_the_prompts_objects():
+    texts = ["a red circle", "a small red circle", "a red circle and a blue square", "a blue star"]
+    judge = _Judge([{("red", "circle")}, {("red", "circle"), ("blue", "star")},
+                    {("blue", "square"), ("red", "circle")}, {("blue", "square")}])
+    assert G.judged_as_asked(judge, torch.zeros(4, 3, 16, 16), texts).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="one prompt per image"):
+        G.judged_as_asked(judge, torch.zeros(3, 3, 16, 16), texts)
+
+
+def test_described_as_asked_reads_the_description_back():
+    class Describer:
+        def answer(self, images, questions, max_new):
+            self.seen = images.shape
+            return ["a small red circle", "the red circle is left of the blue square", "a blue circle",
+                    "nothing at all"]
+
+    describer = Describer()
+    ok, said = G.described_as_asked(describer, torch.zeros(4, 3, 16, 16), ["a red circle"] * 4)
+    assert describer.seen == (4, 3, 32, 32), "the describer reads upsampled images"
+    assert ok.tolist() == [True, False, False, False] and said[1].startswith("the red circle")
+
+
+def test_clip_reading_names_and_retrieves_from_the_scores(monkeypatch):
+    """With known zero-shot scores: image 0 and 1 were drawn for 'red circle', image 2 for 'blue
+    square'. CLIP names image 0 and 2 right; for 'red circle' its two best images are 0 and 2
+    (precision 1/2), for 'blue square' 2 and 1 (1/2)."""
+    import mmlib.pretrain
+
+    rc, bs = G.PAIRS.index(("red", "circle")), G.PAIRS.index(("blue", "square"))
+    scores = torch.zeros(3, len(G.PAIRS))
+    scores[0, rc], scores[1, bs], scores[2, bs] = 5.0, 2.0, 4.0
+    scores[1, rc], scores[2, rc] = 1.0, 3.0
+    monkeypatch.setattr(mmlib.pretrain, "zero_shot_scores", lambda *a, **k: scores)
+    read = G.clip_reading(None, torch.zeros(3, 3, 16, 16), ["a red circle", "a small red circle", "a blue square"],
+                          k=2)
+    assert read["named"].tolist() == [True, False, True]
+    assert read["retrieved"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one-object prompt"):
+        G.clip_reading(None, torch.zeros(1, 3, 16, 16), ["a red circle and a blue square"])

@@ -351,3 +351,49 @@ def test_accuracy_by_type_is_exact_match(tok):
     wrong = ["purple"] * 40
     table = accuracy_by_type(wrong, data)
     assert table["count"] == 0.0 and table["overall"] < 0.3
+
+
+# --- the shipped describer (chapter 7b's recipe) ------------------------------------------------
+
+def test_the_shipped_describer_describes_renders_as_chapter_7b_measured():
+    """The weights shipped with mmlib fit today's code and recipe, and the model names the
+    objects of fresh test scenes (chapter 7b asserts object F1 >= 0.9 for its own run)."""
+    from mmlib.vlm import DESCRIBE, pretrained_describer
+
+    model = pretrained_describer(device="cpu")
+    assert not model.training and not any(p.requires_grad for p in model.vision.parameters())
+    test = description_data(120, split="test", held_out=world.default_held_out(), seed=3)
+    said = model.answer(test.float_images(), [DESCRIBE] * len(test), max_new=24)
+    assert description_scores(said, test.scenes)["f1"] >= 0.9, said[:4]
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        model.answer(test.float_images()[:2, :, :16, :16], [DESCRIBE] * 2)
+
+
+def test_pretrained_describer_refuses_foreign_and_missing_weights(tmp_path):
+    from mmlib.vlm import DescriberRecipe, describer_record, pretrained_describer
+
+    with pytest.raises(ValueError, match="recipe.*train_describer.py"):
+        pretrained_describer(DescriberRecipe(steps=1))
+    with pytest.raises(ValueError, match="train_describer.py"):
+        pretrained_describer(path=tmp_path / "nowhere.pt")
+    assert describer_record()["recipe"]["steps"] == DescriberRecipe().steps
+
+
+def test_train_describer_keeps_clips_tower_frozen_and_the_callers_randomness():
+    from mmlib.pretrain import clip_model
+    from mmlib.text import Tokenizer
+    from mmlib.vlm import DescriberRecipe, train_describer
+
+    clip = clip_model(len(Tokenizer.for_world()))
+    before = [p.clone() for p in clip.image_encoder.parameters()]
+    recipe = DescriberRecipe(questions=64, descriptions=32, lm_steps=2, lm_batch_size=8, steps=2, batch_size=8)
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    model = train_describer(recipe, clip=clip, progress=False)
+    assert torch.equal(torch.rand(2), expected), "the caller's random numbers moved"
+    assert not model.training
+    for tower in (clip.image_encoder, model.vision):  # the caller's CLIP and the model's copy
+        assert all(torch.equal(a, b) for a, b in zip(tower.parameters(), before))
+    again = train_describer(recipe, clip=clip, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters())), "deterministic"
