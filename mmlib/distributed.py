@@ -1,7 +1,7 @@
 """What is distributed about data-parallel training (chapter 6): the all-gather with a gradient,
 joining and leaving the process group, and launching a job on N processes.
 
-The training loop itself is the book's one loop (``mmlib.train.train``): started by ``torchrun``,
+The training loop itself is the book's one loop (``mmlib.train.fit_steps``): started by ``torchrun``,
 it wraps the model in ``DistributedDataParallel``, gives every process its slice of each global
 batch, and lets rank 0 alone draw the progress bar and write checkpoints. The command line that
 runs it is ``python -m mmlib.pretrain`` (see ``mmlib.pretrain``).

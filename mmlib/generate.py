@@ -403,7 +403,7 @@ class TextToImage(nn.Module):
     probability ``p_uncond`` (replaced by a learned 'no caption') for classifier-free guidance.
 
     text_encoder: any ``Encoder`` of token ids (default: a one-layer ``TextTransformer`` trained
-    with the rest); freeze a pretrained one with ``train(..., lr_scale={'text_encoder': 0})``.
+    with the rest); freeze a pretrained one with ``fit_steps(..., optim=Optimisation(lr_scale={'text_encoder': 0}))``.
     """
 
     def __init__(self, tokenizer: Tokenizer, *, objective: str = "flow", channels: tuple[int, int] = (16, 64),
@@ -563,7 +563,7 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
     ``History``; ``evaluate(ema_model)`` runs every ``eval_every`` steps. The caller's random
     numbers are left as they were. A 'clip' recipe needs ``text_encoder``: chapter 4's text
     tower (``mmlib.pretrain.pretrained_clip().text_encoder``), which stays frozen."""
-    from mmlib.train import EMA, train
+    from mmlib.train import EMA, Optimisation, fit_steps
 
     weights_path(recipe)  # checks recipe.text
     if recipe.text == "clip" and text_encoder is None:
@@ -575,10 +575,10 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
         model = _generator(recipe, data.tokenizer, copy.deepcopy(text_encoder) if text_encoder else None)
         ema = EMA(model, recipe.ema)
         frozen = {"text_encoder": 0.0} if recipe.text == "clip" else None
-        history = train(model, data, steps=steps or recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                        hooks=[ema], seed=recipe.seed, device=device, progress=progress, desc="generator",
-                        lr_scale=frozen, evaluate=(lambda _: evaluate(ema.model)) if evaluate else None,
-                        eval_every=eval_every)
+        history = fit_steps(model, data, steps=steps or recipe.steps, batch_size=recipe.batch_size,
+                            optim=Optimisation(lr=recipe.lr, lr_scale=frozen), hooks=[ema], seed=recipe.seed,
+                            device=device, progress=progress, desc="generator",
+                            evaluate=(lambda _: evaluate(ema.model)) if evaluate else None, eval_every=eval_every)
     return ema.model.eval(), history
 
 

@@ -7,7 +7,7 @@ models, one per objective, all around the same image tower:
 - ``CaptioningModel``: writes the caption word by word, seeing the image at every step.
 
 A pretraining model owns its loss: ``model.loss(batch)`` returns a dict of named terms whose
-``'loss'`` entry the training loop (``mmlib.train.train``) minimises.
+``'loss'`` entry the training loop (``mmlib.train.fit_steps``) minimises.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 three objectives, the book's CLIP recipe, zero-shot classification, and the command line.
 
 ``pretrain`` trains a pretraining model (``mmlib.models``: ``DualEncoder``, ``BagOfWordsModel``,
-``CaptioningModel``; each owns its loss) through the book's one loop, ``mmlib.train.train``.
+``CaptioningModel``; each owns its loss) through the book's one loop, ``mmlib.train.fit_steps``.
 
 The book's CLIP (chapter 4's recipe) is one constructor, ``clip_model``; ``pretrained_clip`` trains
 it once with a fixed seed and keeps the weights in a cache folder (``cache_dir()``), so later
@@ -35,7 +35,8 @@ from mmlib.encoders import BagOfEmbeddings, Encoder, ImageCNN, TinyViT
 from mmlib.metrics import class_embeddings, zero_shot_logits
 from mmlib.models import CONTRASTIVE_LOSSES, BagOfWordsModel, CaptioningModel, DualEncoder
 from mmlib.text import Tokenizer
-from mmlib.train import History, default_device, load_checkpoint, save_checkpoint, train
+from mmlib.checkpoint import load_checkpoint, save_checkpoint
+from mmlib.train import Checkpointing, History, Optimisation, default_device, fit_steps
 
 PROMPT_TEMPLATES = tuple(f"a {size} {{}} {where}" for size in world.SIZES
                          for where in ("in the centre", "on the left", "on the right", "at the top", "at the bottom",
@@ -68,14 +69,15 @@ def make_pretraining_model(objective: str, image_encoder: Encoder, tokenizer: To
 def pretrain(model: nn.Module, data: WorldDataset, *, epochs: int = 5, steps: int | None = None,
              batch_size: int = 256, lr: float = 3e-3, desc: str = "pretraining", **options) -> History:
     """Train a pretraining model on a pairs dataset for ``epochs`` passes (or exactly ``steps``
-    steps) of full batches, through the one loop; ``options`` go to ``mmlib.train.train``
-    (device, seed, evaluate and eval_every, lr_scale, progress, ...)."""
+    steps) of full batches at peak learning rate ``lr``, through the one loop; ``options`` go to
+    ``mmlib.train.fit_steps`` (device, seed, evaluate and eval_every, progress, ...)."""
     if data.tokens is None:
         raise ValueError("pretraining needs image-caption pairs: make_dataset('pairs', ...)")
     if not isinstance(epochs, int) or epochs <= 0 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     steps = steps or epochs * data.steps_per_epoch(batch_size, drop_last=True)
-    return train(model, data, steps=steps, batch_size=batch_size, lr=lr, drop_last=True, desc=desc, **options)
+    return fit_steps(model, data, steps=steps, batch_size=batch_size, optim=Optimisation(lr=lr), drop_last=True,
+                     desc=desc, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +290,8 @@ def check_config(config: Config, world_size: int) -> None:
                          f"processes: use a multiple of {world_size}")
     if config.batch_size > config.pairs:
         raise ValueError(f"the batch size {config.batch_size} is larger than the dataset ({config.pairs} pairs)")
+    if config.stop_at is not None and config.out is None:
+        raise ValueError("--stop-at saves where it stops: give --out, the checkpoint to write")
     if config.resume and (config.out is None or not Path(config.out).exists()):
         raise ValueError(f"--resume needs an existing checkpoint at --out, but {config.out!r} does not exist")
 
@@ -301,10 +305,11 @@ def run(config: Config) -> dict:
         data = clip_pairs(config.pairs, config.seed)
         model = clip_model(len(data.tokenizer), config.width, config.tower, config.loss, config.seed,
                            local_loss=config.local_loss)
-        history = train(model, data, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                        seed=config.seed, device=device, checkpoint=config.out, save_every=config.save_every,
-                        resume=config.resume, stop_at=config.stop_at, progress=config.progress,
-                        desc=f"pretraining on {distributed.world_size()} process(es)")
+        saving = None if config.out is None else Checkpointing(config.out, config.save_every, config.resume,
+                                                               config.stop_at)
+        history = fit_steps(model, data, steps=config.steps, batch_size=config.batch_size,
+                            optim=Optimisation(lr=config.lr), seed=config.seed, device=device, checkpoint=saving,
+                            progress=config.progress, desc=f"pretraining on {distributed.world_size()} process(es)")
         log = {"loss": history.loss, "world_size": distributed.world_size(), "config": asdict(config),
                "seconds": history.seconds, "images_per_second": history.examples_per_second}
         if distributed.rank() == 0 and config.log:

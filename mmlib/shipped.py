@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmlib.checkpoint import load_checkpoint, save_checkpoint
+
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The folder of shipped weights (package data of mmlib)."""
 
@@ -46,8 +48,6 @@ def _existing(path: str | Path, retrain: str) -> Path:
 def load(model: nn.Module, path: str | Path, recipe: dict, retrain: str) -> nn.Module:
     """Load the weights at ``path`` into ``model`` if they were trained by ``recipe``; otherwise
     raise a ValueError naming the command ``retrain`` that trains them again."""
-    from mmlib.train import load_checkpoint
-
     path = _existing(path, retrain)
     try:
         stored = load_checkpoint(model, path).get("recipe")
@@ -66,8 +66,6 @@ def record(path: str | Path, retrain: str) -> dict:
 
 def save(model: nn.Module, path: str | Path, recipe: dict, seconds: float) -> Path:
     """Ship ``model``'s weights with their recipe, training time and versions."""
-    from mmlib.train import save_checkpoint
-
     return save_checkpoint(model, path, recipe=json_safe(recipe), seconds=round(seconds, 1),
                            torch=str(torch.__version__), cpus=torch.get_num_threads())
 

@@ -1,8 +1,11 @@
-"""The book's one training loop, and what every training shares: seeding, the device rule, the
-learning-rate schedule, parameter groups, checkpoints and the ``History`` (chapter 2 onwards).
+"""The book's one training loop, ``fit_steps``, and what every training shares: seeding, the
+device rule, how the optimiser steps (``Optimisation``: schedule, weight decay, clipping,
+per-module learning rates), which weights learn (``freeze``, ``lock``), the ``History``
+(chapter 2 onwards).
 
-``train`` serves every chapter: classification (``fit``), pretraining (``mmlib.pretrain``),
-transfer (``mmlib.transfer.adapt``) and the command line on one process or many. Its contract:
+``fit_steps`` serves every chapter: classification (``fit``), pretraining (``mmlib.pretrain``),
+transfer (``mmlib.transfer.adapt``), every recipe of ``mmlib.recipes`` and the command line on
+one process or many. Its contract:
 
 - **Models own their loss.** ``model.loss(batch)`` returns a dict of named terms; the loop
   minimises ``'loss'`` and logs the others (an accuracy, the parts of a composite loss). A model
@@ -18,7 +21,7 @@ transfer (``mmlib.transfer.adapt``) and the command line on one process or many.
   minGPT, nanoGPT and OpenCLIP do); per-module learning-rate multipliers, 0 = frozen.
 - **Data-parallel when started by torchrun** (chapter 6): the model is wrapped in
   ``DistributedDataParallel``, each process takes its slice of every global batch, and rank 0
-  alone draws the progress bar and writes checkpoints.
+  alone draws the progress bar and writes checkpoints (``Checkpointing``, ``mmlib.checkpoint``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import os
 import random
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -39,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmlib import distributed
+from mmlib.checkpoint import load_checkpoint, save_checkpoint
 
 
 def seed_everything(seed: int = 0) -> int:
@@ -77,6 +82,29 @@ def learning_rate(step: int, steps: int, peak: float, warmup: float = 0.1) -> fl
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Optimisation:
+    """How the optimiser steps (AdamW): the peak learning rate ``lr`` of the ``learning_rate``
+    schedule and its ``warmup`` fraction, ``weight_decay`` on matrices and kernels, gradient-norm
+    clipping at ``clip_grad`` (None: none) and per-submodule multipliers of the learning rate,
+    ``lr_scale`` ({'connector': 3.0}; 0 freezes; see ``parameter_groups``)."""
+
+    lr: float = 3e-3
+    warmup: float = 0.1
+    weight_decay: float = 1e-4
+    clip_grad: float | None = 1.0
+    lr_scale: Mapping[str, float] | None = None
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.weight_decay < 0 or (self.clip_grad is not None and not self.clip_grad > 0):
+            raise ValueError(f"need weight_decay >= 0 and clip_grad > 0 (or None), got "
+                             f"{self.weight_decay} and {self.clip_grad}")
+
+
 def parameter_groups(model: nn.Module, weight_decay: float = 1e-4,
                      lr_scale: Mapping[str, float] | None = None) -> list[dict]:
     """AdamW parameter groups for ``model``'s trainable parameters.
@@ -108,6 +136,43 @@ def parameter_groups(model: nn.Module, weight_decay: float = 1e-4,
         raise ValueError("the model has no trainable parameters: is everything frozen?")
     return [{"params": params, "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0}
             for (scale, decay), params in groups.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which weights learn
+# ---------------------------------------------------------------------------------------------
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop gradients for every parameter of ``module`` (returns it, for chaining)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def unfreeze(module: nn.Module) -> nn.Module:
+    """Let every parameter of ``module`` learn again (returns it)."""
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module
+
+
+def lock(module: nn.Module) -> nn.Module:
+    """Freeze ``module`` *and* keep it in evaluation mode, even when a parent calls ``.train()``:
+    a locked tower (LiT) neither learns nor updates its BatchNorm statistics. ``unlock`` undoes it."""
+    freeze(module).eval()
+    module.train = types.MethodType(lambda self, mode=True: self, module)
+    return module
+
+
+def unlock(module: nn.Module) -> nn.Module:
+    """Undo ``lock``: trainable again, and ``.train()`` works as usual."""
+    module.__dict__.pop("train", None)
+    return unfreeze(module)
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of parameters (scalars) that will receive gradients."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +230,7 @@ class History:
 class EMA:
     """An exponential moving average of a model's weights, kept in a copy that is never trained:
     ``average <- decay * average + (1 - decay) * weights`` after every step. Pass it as a hook,
-    ``train(..., hooks=[ema])``, then evaluate or sample with ``ema.model`` (chapter 8)."""
+    ``fit_steps(..., hooks=[ema])``, then evaluate or sample with ``ema.model`` (chapter 8)."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
         if not 0 <= decay < 1:
@@ -182,49 +247,16 @@ class EMA:
                 average.copy_(current)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and when the loop saves (rank 0 only): model, optimiser, step and history at ``path``
+    every ``every`` steps and at the end; ``resume=True`` continues from that file exactly;
+    ``stop_at`` ends the run after that step (and saves), as a time-limited job would."""
 
-CHECKPOINT_FORMAT = "mmlib-2"
-
-
-def save_checkpoint(model: nn.Module, path: str | Path, *, optimizer: torch.optim.Optimizer | None = None,
-                    step: int | None = None, **metadata) -> Path:
-    """Save the model's weights, optionally the optimiser's state and the step, and plain metadata
-    (numbers, strings, lists) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "step": step,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None, "metadata": metadata}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # a run killed while saving never leaves a broken checkpoint behind
-    return path
-
-
-def load_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Load weights saved by ``save_checkpoint`` into ``model`` (and the optimiser's state into
-    ``optimizer``), safely: ``weights_only=True``. Returns the metadata, with the ``step``.
-    A missing, corrupted or mismatched file raises a ValueError."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} was not written by mmlib.train.save_checkpoint")
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint {path} does not fit this model: {err}") from None
-    if optimizer is not None:
-        if blob["optimizer"] is None:
-            raise ValueError(f"the checkpoint {path} holds no optimiser state to resume from")
-        optimizer.load_state_dict(blob["optimizer"])
-    return {**blob["metadata"], "step": blob["step"]}
+    path: str | Path
+    every: int = 0
+    resume: bool = False
+    stop_at: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,53 +280,50 @@ class _Objective(nn.Module):
         return terms
 
 
-def train(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, loss: Callable[[dict], dict] | None = None,
-          warmup: float = 0.1, weight_decay: float = 1e-4, clip_grad: float | None = 1.0,
-          lr_scale: Mapping[str, float] | None = None, drop_last: bool = True, seed: int = 0, device=None,
-          evaluate: Callable[[nn.Module], Any] | None = None, eval_every: int = 0,
-          hooks: Iterable[Callable[[nn.Module, int], None]] = (), checkpoint: str | Path | None = None,
-          save_every: int = 0, resume: bool = False, stop_at: int | None = None, progress: bool = True,
-          desc: str = "training") -> History:
+def fit_steps(model: nn.Module, data, *, steps: int, batch_size: int, optim: Optimisation = Optimisation(),
+              loss: Callable[[dict], dict] | None = None, drop_last: bool = True, seed: int = 0, device=None,
+              evaluate: Callable[[nn.Module], Any] | None = None, eval_every: int = 0,
+              hooks: Iterable[Callable[[nn.Module, int], None]] = (), checkpoint: Checkpointing | None = None,
+              progress: bool = True, desc: str = "training") -> History:
     """Train ``model`` for ``steps`` optimiser steps on batches of ``data`` (a ``WorldDataset``).
 
+    optim:      how the optimiser steps (``Optimisation``: lr and its schedule, weight decay,
+                clipping, per-submodule learning rates).
     loss:       a function batch -> dict of terms, for models without their own ``loss`` method.
-    lr, warmup: the peak learning rate and the warm-up fraction of ``learning_rate``.
-    lr_scale:   per-submodule learning-rate multipliers (``parameter_groups``); 0 freezes.
     drop_last:  skip each epoch's last, smaller batch (contrastive losses want full batches).
     evaluate:   ``evaluate(model)`` (in evaluation mode, without gradients) every ``eval_every``
                 steps and after the last one; the results go to ``History.evals``.
     hooks:      ``hook(model, step)`` after every optimiser step (e.g. an ``EMA``).
-    checkpoint: a path: rank 0 saves model, optimiser, step and history there every
-                ``save_every`` steps and at the end; ``resume=True`` continues from it.
-    stop_at:    end after this step (and checkpoint), as a time-limited job would.
+    checkpoint: where and when to save, and whether to resume (``Checkpointing``).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr}")
+    if not isinstance(optim, Optimisation):
+        raise ValueError(f"optim is an Optimisation (e.g. Optimisation(lr=1e-3)), got {type(optim).__name__}")
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     if loss is None and not callable(getattr(model, "loss", None)):
         raise ValueError(f"a {type(model).__name__} has no loss(batch) method: pass loss=, a function of "
                          "the batch returning {'loss': ...} (fit does this for classifiers)")
-    if resume and (checkpoint is None or not Path(checkpoint).exists()):
-        raise ValueError(f"resume=True needs an existing checkpoint, but {checkpoint!r} does not exist")
+    resume = checkpoint is not None and checkpoint.resume
+    if resume and not Path(checkpoint.path).exists():
+        raise ValueError(f"resume=True needs an existing checkpoint, but {checkpoint.path!r} does not exist")
     rank, world_size = distributed.rank(), distributed.world_size()
     per_epoch = data.steps_per_epoch(batch_size, drop_last)
     device = torch.device(device) if device is not None else default_device()
     model.to(device).train()
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, lr_scale), lr=lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, optim.weight_decay, optim.lr_scale), lr=optim.lr)
     history, start = History(steps_per_epoch=per_epoch), 0
     if resume:
-        state = load_checkpoint(model, checkpoint, optimizer)
+        state = load_checkpoint(model, checkpoint.path, optimizer)
         start, saved = state["step"], state["history"]
         history = History(**{**saved, "evals": [tuple(e) for e in saved["evals"]]})
         torch.set_rng_state(state["rng"])
     objective = _Objective(model, loss)
     if world_size > 1:  # unused parameters (a CNN's token positions) must not stall the exchange
         objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
-    stop = steps if stop_at is None else min(stop_at, steps)
+    stop = steps if checkpoint is None or checkpoint.stop_at is None else min(checkpoint.stop_at, steps)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     batches = data.stream(batch_size, seed=seed, start=start, drop_last=drop_last, rank=rank,
                           world_size=world_size, device=device)
@@ -303,13 +332,13 @@ def train(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, los
     began = time.perf_counter()
     for step in range(start, stop):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, warmup) * group["lr_scale"]
+            group["lr"] = learning_rate(step, steps, optim.lr, optim.warmup) * group["lr_scale"]
         batch = next(batches)
         terms = objective(batch)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(trainable, clip_grad)
+        if optim.clip_grad:
+            nn.utils.clip_grad_norm_(trainable, optim.clip_grad)
         optimizer.step()
         if hasattr(model, "after_step"):
             model.after_step()
@@ -325,10 +354,10 @@ def train(model: nn.Module, data, *, steps: int, batch_size: int, lr: float, los
         if evaluate is not None and (done == steps or (eval_every and done % eval_every == 0)):
             history.evals.append((history.examples_seen, _evaluate(model, evaluate)))
             bar.set_postfix(loss=f"{history.loss[-1]:.3f}", eval=_short(history.evals[-1][1]))
-        if rank == 0 and checkpoint is not None and (done == stop or (save_every and done % save_every == 0)):
+        if rank == 0 and checkpoint is not None and (done == stop or (checkpoint.every and done % checkpoint.every == 0)):
             history.seconds += time.perf_counter() - began
             began = time.perf_counter()
-            save_checkpoint(model, checkpoint, optimizer=optimizer, step=done, history=asdict(history),
+            save_checkpoint(model, checkpoint.path, optimizer=optimizer, step=done, history=asdict(history),
                             rng=torch.get_rng_state(), world_size=world_size)
     bar.close()
     history.seconds += time.perf_counter() - began
@@ -385,9 +414,10 @@ def evaluate(model: nn.Module, data, target: str, batch_size: int = 512, device=
 def fit(model: nn.Module, data, target: str, *, epochs: int = 5, steps: int | None = None, batch_size: int = 128,
         lr: float = 3e-3, val_data=None, **options) -> History:
     """Train a classifier (``model(batch)`` -> class scores) to predict ``batch[target]`` with
-    cross-entropy: ``epochs`` passes over ``data`` (or exactly ``steps`` steps), the last batch of
-    an epoch kept. With ``val_data``, the validation accuracy is measured after every epoch
-    (``History.val_acc``). ``options`` go to ``train`` (weight_decay, device, seed, desc, ...)."""
+    cross-entropy: ``epochs`` passes over ``data`` (or exactly ``steps`` steps) at peak learning
+    rate ``lr`` (the rest of ``Optimisation`` as its defaults), the last batch of an epoch kept.
+    With ``val_data``, the validation accuracy is measured after every epoch
+    (``History.val_acc``). ``options`` go to ``fit_steps`` (device, seed, desc, ...)."""
     _check_target(data, target)
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
@@ -395,6 +425,11 @@ def fit(model: nn.Module, data, target: str, *, epochs: int = 5, steps: int | No
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     per_epoch = data.steps_per_epoch(batch_size)
     validate = None if val_data is None else (lambda m: evaluate(m, val_data, target))
-    return train(model, data, steps=steps or epochs * per_epoch, batch_size=batch_size, lr=lr, drop_last=False,
-                 loss=lambda batch: classification_terms(model(batch), batch[target]),
-                 evaluate=validate, eval_every=per_epoch, **options)
+    return fit_steps(model, data, steps=steps or epochs * per_epoch, batch_size=batch_size, optim=Optimisation(lr=lr),
+                     drop_last=False, loss=lambda batch: classification_terms(model(batch), batch[target]),
+                     evaluate=validate, eval_every=per_epoch, **options)
+
+
+__all__ = ["seed_everything", "default_device", "learning_rate", "Optimisation", "parameter_groups", "freeze",
+           "unfreeze", "lock", "unlock", "count_trainable", "History", "EMA", "Checkpointing", "fit_steps",
+           "classification_terms", "evaluate", "fit"]

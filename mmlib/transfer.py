@@ -22,7 +22,6 @@ statistics, which let the network follow a new domain (chapter 5 measures both c
 from __future__ import annotations
 
 import copy
-import types
 
 import torch
 from torch import nn
@@ -34,47 +33,14 @@ from mmlib.data import few_shot_indices
 from mmlib.encoders import Encoder, Features
 from mmlib.metrics import linear_probe
 from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram
-from mmlib.train import default_device, evaluate, fit
+from mmlib.train import default_device, evaluate, fit, freeze
 
 STRATEGIES = ("linear_probe", "fine_tune", "lp_ft", "scratch")
 
 
 # ---------------------------------------------------------------------------------------------
-# Freezing
+# Starting again
 # ---------------------------------------------------------------------------------------------
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients for every parameter of ``module`` (returns it, for chaining)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def unfreeze(module: nn.Module) -> nn.Module:
-    """Let every parameter of ``module`` learn again (returns it)."""
-    for p in module.parameters():
-        p.requires_grad_(True)
-    return module
-
-
-def lock(module: nn.Module) -> nn.Module:
-    """Freeze ``module`` *and* keep it in evaluation mode, even when a parent calls ``.train()``:
-    a locked tower (LiT) neither learns nor updates its BatchNorm statistics. ``unlock`` undoes it."""
-    freeze(module).eval()
-    module.train = types.MethodType(lambda self, mode=True: self, module)
-    return module
-
-
-def unlock(module: nn.Module) -> nn.Module:
-    """Undo ``lock``: trainable again, and ``.train()`` works as usual."""
-    module.__dict__.pop("train", None)
-    return unfreeze(module)
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of parameters (scalars) that will receive gradients."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
 
 def reinitialise(module: nn.Module, seed: int = 0) -> nn.Module:
     """Forget what ``module`` learned: every layer draws fresh initial weights (seeded), BatchNorm

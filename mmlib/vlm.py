@@ -43,7 +43,7 @@ from mmlib.data import ANSWERS, IMAGE, TOKENS, WorldDataset, make_dataset
 from mmlib.encoders import Encoder, check_images
 from mmlib.lm import LanguageModel
 from mmlib.text import Tokenizer, world_words
-from mmlib.transfer import lock
+from mmlib.train import lock
 
 REGIONS = "regions"
 """The batch entry of precomputed region features (``VisionLanguageModel.with_regions``)."""
@@ -676,7 +676,7 @@ def train_describer(recipe: DescriberRecipe = DescriberRecipe(), *, clip: nn.Mod
     import copy
 
     from mmlib.pretrain import pretrained_clip
-    from mmlib.train import train
+    from mmlib.train import Optimisation, fit_steps
 
     clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
     tok = chat_tokenizer()
@@ -689,13 +689,14 @@ def train_describer(recipe: DescriberRecipe = DescriberRecipe(), *, clip: nn.Mod
     with torch.random.fork_rng(devices=[]):  # chapter 7b's order of random draws
         torch.manual_seed(s)
         lm = LanguageModel(len(tok), dim=128, depth=2, heads=4, max_len=48)
-        train(lm, text, steps=recipe.lm_steps, batch_size=recipe.lm_batch_size, lr=3e-3, loss=language_model_loss(lm, tok.pad_id),
-              seed=s, device=device, progress=progress, desc="language model")
+        fit_steps(lm, text, steps=recipe.lm_steps, batch_size=recipe.lm_batch_size, optim=Optimisation(lr=3e-3),
+                  loss=language_model_loss(lm, tok.pad_id), seed=s, device=device, progress=progress,
+                  desc="language model")
         torch.manual_seed(s + 1)
         model = _describer(tok, copy.deepcopy(clip.image_encoder), lm)
-        train(model, tuning, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
-              lr_scale={"connector": 3.0}, clip_grad=None, weight_decay=0.01, seed=s, device=device,
-              progress=progress, desc="tuning")
+        fit_steps(model, tuning, steps=recipe.steps, batch_size=recipe.batch_size,
+                  optim=Optimisation(lr=recipe.lr, lr_scale={"connector": 3.0}, clip_grad=None, weight_decay=0.01),
+                  seed=s, device=device, progress=progress, desc="tuning")
     return model.eval()
 
 

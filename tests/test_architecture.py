@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mmlib"
 
 LAYERS = [
-    {"spectrogram", "algorithms", "objectives", "metrics", "distributed", "lm"},  # plain torch
+    {"spectrogram", "algorithms", "objectives", "metrics", "distributed", "lm", "checkpoint"},  # plain torch
     {"world", "plot"},
     {"text", "history"},
     {"data", "encoders"},

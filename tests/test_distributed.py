@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from mmlib.data import make_dataset
 from mmlib.distributed import gather, launch
 from mmlib.pretrain import Config, check_config, clip_model, clip_pairs, main, pretrain
-from mmlib.train import _Objective, load_checkpoint
+from mmlib.checkpoint import load_checkpoint
+from mmlib.train import _Objective
 
 GLOBAL_BATCH = 16
 

@@ -10,7 +10,7 @@ import torch
 from mmlib import generate as G
 from mmlib import world
 from mmlib.text import Tokenizer
-from mmlib.train import train
+from mmlib.train import Optimisation, fit_steps
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_every_objective_trains_through_the_one_loop(objective, target):
     torch.manual_seed(0)
     data = G.generation_data(64, seed=3)
     model = G.TextToImage(data.tokenizer, objective=objective, channels=(8, 16), text_dim=16, target=target)
-    history = train(model, data, steps=4, batch_size=16, lr=1e-3, progress=False)
+    history = fit_steps(model, data, steps=4, batch_size=16, optim=Optimisation(lr=1e-3), progress=False)
     assert len(history.loss) == 4 and all(math.isfinite(v) for v in history.loss)
 
 
@@ -259,7 +259,7 @@ def test_diversity_is_zero_for_copies_and_the_chance_two_differ_otherwise():
 def test_a_briefly_trained_judge_reads_rendered_colours_and_sizes():
     torch.manual_seed(0)
     judge = G.Judge(width=8)
-    train(judge, G.judge_data(3000, seed=0), steps=300, batch_size=64, lr=5e-3, progress=False)
+    fit_steps(judge, G.judge_data(3000, seed=0), steps=300, batch_size=64, optim=Optimisation(lr=5e-3), progress=False)
     scores = G.judge_accuracy(judge, G.judge_data(600, seed=9))
     assert scores["color"] > 0.9 and scores["size"] > 0.9, scores
     with pytest.raises(ValueError, match="judge reads images"):

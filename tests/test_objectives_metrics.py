@@ -10,7 +10,7 @@ from mmlib.encoders import BagOfEmbeddings, ImageCNN
 from mmlib.metrics import class_embeddings, linear_probe, modality_gap, recall_at_k, zero_shot_logits
 from mmlib.models import CaptioningModel, DualEncoder
 from mmlib.text import Tokenizer
-from mmlib.train import load_checkpoint, save_checkpoint
+from mmlib.checkpoint import load_checkpoint, save_checkpoint
 from mmlib.objectives import (bag_of_words_loss, captioning_loss, clip_loss, itm_loss, sample_hard_negatives,
                               siglip_loss)
 
@@ -215,13 +215,15 @@ def test_pretraining_objectives_run_and_zero_shot_scores_have_the_right_shape():
 def test_every_objective_lowers_its_loss_on_a_tiny_batch(objective, options):
     """Ten steps on one batch of 16 pairs: a model that owns a wrong loss (or none) would not learn."""
     from mmlib.data import make_dataset
-    from mmlib.pretrain import make_pretraining_model, pretrain
+    from mmlib.pretrain import make_pretraining_model
+    from mmlib.train import Optimisation, fit_steps
 
     data = make_dataset("pairs", 16, seed=0)
     torch.manual_seed(0)
     model = make_pretraining_model(objective, ImageCNN(16, channels=(8,)), data.tokenizer,
                                    text_encoder=BagOfEmbeddings(len(data.tokenizer), 16), embed_dim=8, **options)
-    history = pretrain(model, data, steps=10, batch_size=16, lr=1e-2, warmup=0.0, device="cpu", progress=False)
+    history = fit_steps(model, data, steps=10, batch_size=16, optim=Optimisation(lr=1e-2, warmup=0.0), device="cpu",
+                        progress=False)
     assert history.loss[-1] < 0.95 * history.loss[0], history.loss
 
 

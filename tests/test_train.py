@@ -10,7 +10,8 @@ from torch import nn
 from mmlib.data import make_dataset
 from mmlib.encoders import BagOfEmbeddings, ImageCNN
 from mmlib.models import DualEncoder, MultimodalModel
-from mmlib.train import EMA, History, classification_terms, learning_rate, parameter_groups, train
+from mmlib.train import (EMA, Checkpointing, History, Optimisation, classification_terms, fit_steps, learning_rate,
+                         parameter_groups)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def test_learning_rate_multipliers_and_zero_freezes(pairs):
     assert scales == {0.1, 1.0}
     before = first_conv.detach().clone()
     other = dict(model.named_parameters())["image_encoder.net.4.weight"].detach().clone()
-    train(model, pairs, steps=3, batch_size=32, lr=1e-2, progress=False, device="cpu",
-          lr_scale={"image_encoder": 0.1, "image_encoder.net.0": 0.0})
+    fit_steps(model, pairs, steps=3, batch_size=32, progress=False, device="cpu",
+              optim=Optimisation(lr=1e-2, lr_scale={"image_encoder": 0.1, "image_encoder.net.0": 0.0}))
     assert torch.equal(first_conv, before)
     assert not torch.equal(dict(model.named_parameters())["image_encoder.net.4.weight"], other)
     with pytest.raises(ValueError, match="not submodules"):
@@ -72,14 +73,14 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(pairs, tmp_path):
     def loss_of(m):
         return lambda batch: classification_terms(m(batch), batch["color"])
 
-    options = dict(steps=8, batch_size=20, lr=1e-2, drop_last=False, progress=False, device="cpu")
+    options = dict(steps=8, batch_size=20, optim=Optimisation(lr=1e-2), drop_last=False, progress=False, device="cpu")
     whole = model()
-    full = train(whole, pairs, loss=loss_of(whole), **options)
+    full = fit_steps(whole, pairs, loss=loss_of(whole), **options)
     part = model()
     path = tmp_path / "run.pt"
-    train(part, pairs, loss=loss_of(part), checkpoint=path, stop_at=5, **options)
+    fit_steps(part, pairs, loss=loss_of(part), checkpoint=Checkpointing(path, stop_at=5), **options)
     resumed = model()
-    history = train(resumed, pairs, loss=loss_of(resumed), checkpoint=path, resume=True, **options)
+    history = fit_steps(resumed, pairs, loss=loss_of(resumed), checkpoint=Checkpointing(path, resume=True), **options)
     assert history.loss == full.loss
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -90,8 +91,8 @@ def test_hooks_run_after_every_step_and_the_scale_is_clamped(pairs):
     with torch.no_grad():
         model.log_scale.fill_(math.log(99.9))
     calls = []
-    train(model, pairs, steps=4, batch_size=32, lr=0.5, warmup=0.0, progress=False, device="cpu",
-          hooks=[lambda m, step: calls.append((step, m.scale.item()))])
+    fit_steps(model, pairs, steps=4, batch_size=32, optim=Optimisation(lr=0.5, warmup=0.0), progress=False, device="cpu",
+              hooks=[lambda m, step: calls.append((step, m.scale.item()))])
     assert [s for s, _ in calls] == [0, 1, 2, 3]
     assert all(scale <= 100.0 + 1e-4 for _, scale in calls), "after_step clamps before the hooks see it"
 
@@ -111,8 +112,8 @@ def test_ema_is_the_moving_average_of_the_weights():
 
 def test_evaluations_every_n_steps_and_at_the_end(pairs):
     model = small_clip(len(pairs.tokenizer))
-    history = train(model, pairs, steps=5, batch_size=32, lr=1e-3, progress=False, device="cpu",
-                    evaluate=lambda m: float(m.training), eval_every=2)
+    history = fit_steps(model, pairs, steps=5, batch_size=32, optim=Optimisation(lr=1e-3), progress=False, device="cpu",
+                        evaluate=lambda m: float(m.training), eval_every=2)
     assert history.evals == [(64, 0.0), (128, 0.0), (160, 0.0)], "in evaluation mode, after steps 2, 4, 5"
     assert model.training is False and len(history.terms["scale"]) == 5
 
@@ -128,17 +129,23 @@ def test_history_means_per_epoch():
 def test_the_loop_explains_bad_input(pairs, tmp_path):
     model = small_clip(len(pairs.tokenizer))
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        train(model, pairs, steps=0, batch_size=8, lr=1e-3)
+        fit_steps(model, pairs, steps=0, batch_size=8)
     with pytest.raises(ValueError, match="learning rate must be positive"):
-        train(model, pairs, steps=1, batch_size=8, lr=0.0)
+        Optimisation(lr=0.0)
+    with pytest.raises(ValueError, match="warmup is a fraction"):
+        Optimisation(warmup=1.5)
+    with pytest.raises(ValueError, match="clip_grad > 0"):
+        Optimisation(clip_grad=0)
+    with pytest.raises(ValueError, match="optim is an Optimisation"):
+        fit_steps(model, pairs, steps=1, batch_size=8, optim=1e-3)
     with pytest.raises(ValueError, match="no loss\\(batch\\) method"):
-        train(nn.Linear(2, 2), pairs, steps=1, batch_size=8, lr=1e-3)
+        fit_steps(nn.Linear(2, 2), pairs, steps=1, batch_size=8)
     with pytest.raises(ValueError, match="a 'loss' entry"):
-        train(model, pairs, steps=1, batch_size=8, lr=1e-3, loss=lambda b: torch.tensor(1.0), progress=False)
+        fit_steps(model, pairs, steps=1, batch_size=8, loss=lambda b: torch.tensor(1.0), progress=False)
     with pytest.raises(ValueError, match="larger than the dataset"):
-        train(model, pairs, steps=1, batch_size=500, lr=1e-3)
+        fit_steps(model, pairs, steps=1, batch_size=500)
     with pytest.raises(ValueError, match="needs an existing checkpoint"):
-        train(model, pairs, steps=1, batch_size=8, lr=1e-3, resume=True, checkpoint=tmp_path / "none.pt")
+        fit_steps(model, pairs, steps=1, batch_size=8, checkpoint=Checkpointing(tmp_path / "none.pt", resume=True))
 
 
 def test_pretrained_clip_is_cached_and_the_same_either_way(monkeypatch, tmp_path):

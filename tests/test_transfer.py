@@ -13,10 +13,9 @@ from mmlib.metrics import linear_probe
 from mmlib.models import BagOfWordsModel, DualEncoder
 from mmlib.pretrain import CHINESE_PROMPT_TEMPLATES, class_names, zero_shot_scores
 from mmlib.text import Tokenizer
-from mmlib.train import evaluate
-from mmlib.transfer import (STRATEGIES, Classifier, SoundAsImage, adapt, compare_strategies, count_trainable,
-                            extract_features, freeze, lock, reinitialise, unfreeze, unlock,
-                            zero_shot_equivalent_shots)
+from mmlib.train import count_trainable, evaluate, freeze, lock, unfreeze, unlock
+from mmlib.transfer import (STRATEGIES, Classifier, SoundAsImage, adapt, compare_strategies, extract_features,
+                            reinitialise, zero_shot_equivalent_shots)
 
 
 def small_cnn(seed=0):

@@ -188,11 +188,11 @@ def test_blind_and_bad_input(tok):
 
 
 def test_a_vlm_learns_to_count_in_a_few_steps(tok):
-    from mmlib.train import train
+    from mmlib.train import Optimisation, fit_steps
 
     data = instruction_data(256, seed=3, question_types=("count",), tokenizer=tok)
     model = small_vlm(tok, "mlp")
-    history = train(model, data, steps=40, batch_size=64, lr=3e-3, progress=False, device="cpu")
+    history = fit_steps(model, data, steps=40, batch_size=64, optim=Optimisation(lr=3e-3), progress=False, device="cpu")
     assert history.loss[-1] < 0.5 * history.loss[0]
     assert not any(p.requires_grad for p in model.vision.parameters()), "the vision tower stayed frozen"
 
