@@ -1,5 +1,6 @@
 """Checkpoints: a model's weights, and optionally its optimiser's state and step, saved to one
-file and loaded back safely (``weights_only=True``), with plain metadata beside them.
+file and loaded back safely (``weights_only=True``), with plain metadata beside them; and the
+cache where trained weights are kept between chapters, keyed by what decided them.
 
 The training loop (``mmlib.train``) saves and resumes through these; so do the weights cache of
 ``mmlib.pretrain`` and the weights shipped with mmlib (``mmlib.shipped``).
@@ -7,7 +8,13 @@ The training loop (``mmlib.train``) saves and resumes through these; so do the w
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
+import json
+import os
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -54,4 +61,49 @@ def load_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     return {**blob["metadata"], "step": blob["step"]}
 
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint"]
+def cache_dir() -> Path:
+    """Where trained weights are kept: ``$MMLIB_CACHE``, else ``$XDG_CACHE_HOME/mmlib``, else
+    ``~/.cache/mmlib``. Deleting the folder is always safe (the weights are trained again)."""
+    if os.environ.get("MMLIB_CACHE"):
+        return Path(os.environ["MMLIB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmlib"
+
+
+def _code(path: Path) -> str:
+    """What a source file computes: its syntax tree without docstrings (comments are never in it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_fingerprint(modules: Iterable[str]) -> str:
+    """A hash of the code of ``modules`` (names such as 'mmlib.train'; a package counts with all
+    its files) and of torch's version: it changes when what they compute changes, not when a
+    docstring or a comment does."""
+    import torch
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in sorted(set(modules)):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"no module {name!r} to fingerprint")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for path in files:
+            digest.update(_code(path).encode())
+    return digest.hexdigest()
+
+
+def cached_path(kind: str, recipe: dict, modules: Iterable[str]) -> Path:
+    """Where the weights of a ``kind`` of model trained by ``recipe`` (a dict) with the code of
+    ``modules`` are cached: a file name that changes with either."""
+    key = hashlib.sha256((json.dumps(recipe, sort_keys=True) + code_fingerprint(modules)).encode())
+    return cache_dir() / f"{kind}-{key.hexdigest()[:16]}.pt"
+
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "cache_dir", "code_fingerprint", "cached_path"]

@@ -66,11 +66,15 @@ class Block(nn.Module):
 class LanguageModel(nn.Module):
     """Tokens (B, T) -> next-token logits (B, T, V). ``prefix`` (B, P, dim): embeddings placed
     before the tokens (e.g. image features); ``adapters``: one module per block, applied to the
-    hidden states before it; ``past``: the key-value cache of the positions already seen."""
+    hidden states before it; ``past``: the key-value cache of the positions already seen.
+    ``loss(batch)`` is next-token cross-entropy; ``pad_id`` marks the padding it ignores."""
 
-    def __init__(self, vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 64):
+    def __init__(self, vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 64,
+                 pad_id: int | None = None):
         super().__init__()
-        self.dim, self.max_len, self.vocab_size = dim, max_len, vocab_size
+        if pad_id is not None and not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id {pad_id} is not a token of the vocabulary of {vocab_size}")
+        self.dim, self.max_len, self.vocab_size, self.pad_id = dim, max_len, vocab_size, pad_id
         self.tokens = nn.Embedding(vocab_size, dim)
         self.positions = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
@@ -111,6 +115,14 @@ class LanguageModel(nn.Module):
             x, kv = block(x, None if past is None else past[i], mask)
             present.append(kv)
         return self.head(self.norm(x)), present
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Next-token cross-entropy of ``batch['tokens']`` (B, T): every position predicts the
+        token after it; padding (``pad_id``) is never a target. Text-only pretraining."""
+        tokens = batch["tokens"]
+        logits, _ = self(tokens)
+        ignore = -100 if self.pad_id is None else self.pad_id
+        return {"loss": F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=ignore)}
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new: int, *, prefix: torch.Tensor | None = None,

@@ -1,6 +1,7 @@
 """The book's models. Chapter 2's four-layer ``MultimodalModel`` (the source article's §2.1: input
--> feature extraction -> fusion -> output; chapter 3 swaps its parts), and chapter 4's pretraining
-models, one per objective, all around the same image tower:
+-> feature extraction -> fusion -> output; chapter 3 swaps its parts and compares seven fusions by
+``mmlib.recipes.FusionRecipe``), and chapter 4's pretraining models, one per objective, all
+around the same image tower:
 
 - ``DualEncoder``: CLIP-style image and text towers in one joint space (CLIP or SigLIP loss);
 - ``BagOfWordsModel``: predicts the caption's words from the image;
@@ -12,17 +13,21 @@ A pretraining model owns its loss: ``model.loss(batch)`` returns a dict of named
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from mmlib import objectives
-from mmlib.data import BATCH_KEYS, IMAGE, TOKENS
+from mmlib import objectives, world
+from mmlib.data import ANSWERS, BATCH_KEYS, IMAGE, TOKENS, WorldDataset, make_dataset
 from mmlib.distributed import gather, rank, world_size
-from mmlib.encoders import Encoder
+from mmlib.encoders import BagOfEmbeddings, Encoder, ImageCNN
 from mmlib.fusion import Fusion, make_fusion
+from mmlib.recipes import FusionRecipe
 from mmlib.text import Tokenizer
+from mmlib.freezing import lock
+from mmlib.train import History, evaluate, fit
 
 CONTRASTIVE_LOSSES = ("clip", "siglip")
 
@@ -263,3 +268,60 @@ def _require(batch: Mapping, keys: tuple[str, ...], who: str) -> None:
     if missing:
         raise ValueError(f"{who} needs the batch entries {list(keys)}; got {sorted(batch)} "
                          "(make the data with make_dataset('pairs', ...))")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3's comparison: seven fusions answer one question about two objects
+# ---------------------------------------------------------------------------------------------
+
+def fusion_data(recipe: FusionRecipe) -> dict[str, WorldDataset]:
+    """Chapter 3's data: 'shapes' (single objects labelled 'color_shape', one of 48, for the
+    image encoder), and 'train' / 'test' questions 'what colour is the <shape> ?' about two
+    objects."""
+    shapes = make_dataset("attributes", recipe.encoder_examples, seed=recipe.seed)
+    shapes.labels["color_shape"] = shapes.labels["color"] * len(world.SHAPES) + shapes.labels["shape"]
+    ask = dict(seed=recipe.seed, question_types=("color",))
+    return {"shapes": shapes, "train": make_dataset("qa", recipe.questions, **ask),
+            "test": make_dataset("qa", recipe.test_questions, split="test", **ask)}
+
+
+def train_fusion_encoder(recipe: FusionRecipe, data: dict | None = None, *, device=None, progress: bool = True
+                         ) -> tuple[MultimodalModel, History]:
+    """An image CNN trained to name colour and shape together (48 classes) on ``data['shapes']``:
+    the encoder every fusion of the comparison shares. Returns the classifier (its encoder is
+    ``model.feature_extraction['image']``) and its ``History``."""
+    data = data or fusion_data(recipe)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = MultimodalModel({"image": ImageCNN(recipe.encoder_width, channels=recipe.encoder_channels)},
+                                n_classes=len(world.PAIRS))
+    history = fit(model, data["shapes"], "color_shape", epochs=recipe.encoder_epochs, lr=recipe.encoder_lr,
+                  seed=recipe.seed, device=device, progress=progress, desc="image encoder")
+    return model, history
+
+
+def fusion_model(recipe: FusionRecipe, fusion: str, encoder: Encoder, vocab_size: int) -> MultimodalModel:
+    """A question-answering model: a locked copy of ``encoder`` and a new bag-of-embeddings
+    question encoder, joined by ``fusion``, answering over ``mmlib.data.ANSWERS``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        encoders = {"image": lock(copy.deepcopy(encoder)), "text": BagOfEmbeddings(vocab_size, recipe.text_dim)}
+        return MultimodalModel(encoders, n_classes=len(ANSWERS), fusion=fusion, fused_dim=recipe.fused_dim)
+
+
+def compare_fusions(recipe: FusionRecipe, encoder: Encoder, data: dict | None = None, *, device=None,
+                    progress: bool = True) -> tuple[list[dict], dict[str, MultimodalModel]]:
+    """Each fusion of ``recipe`` trained on the same questions around the same locked
+    ``encoder``. Returns one row per fusion ('fusion', 'parameters' of the fusion layer,
+    'seconds' to train, test 'accuracy', and accuracy with the image hidden, 'no image') and the
+    trained models."""
+    data = data or fusion_data(recipe)
+    rows, models = [], {}
+    for name in recipe.fusions:
+        model = models[name] = fusion_model(recipe, name, encoder, len(data["train"].tokenizer))
+        history = fit(model, data["train"], "answer", epochs=recipe.epochs, lr=recipe.lr, seed=recipe.seed,
+                      device=device, progress=progress, desc=name)
+        rows.append({"fusion": name, "parameters": sum(p.numel() for p in model.fusion.parameters()),
+                     "seconds": history.seconds, "accuracy": evaluate(model, data["test"], "answer"),
+                     "no image": evaluate(model, data["test"], "answer", missing=["image"])})
+    return rows, models

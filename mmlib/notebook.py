@@ -1,4 +1,6 @@
-"""What every chapter's first cells use: ``setup`` (seed, device, figure style) and ``glue``.
+"""What the chapters use around their experiments: ``setup`` (seed, device, threads, figure
+style), ``glue`` for numbers the prose quotes, ``table`` for every table, ``recipe_table`` to show
+a recipe's fields, ``show_source`` to show mmlib's code.
 
 ``glue`` is MyST-NB's: it records a value so the book's prose can quote it
 (``{glue:text}`name```) instead of typing numbers by hand. On Colab, where MyST-NB is not
@@ -7,15 +9,15 @@ installed, the fallback below simply shows the value, so the same notebook runs 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import textwrap
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
-import mmlib
 from mmlib.plot import use_book_style
 from mmlib.train import default_device, seed_everything
 
@@ -85,7 +87,9 @@ def setup(seed: int = 0, verbose: bool = True, chapter: str | None = None) -> to
     if device.type == "cpu":
         torch.set_num_threads(choose_threads())
     if verbose:
-        print(f"mmlib {mmlib.__version__} | torch {torch.__version__} | device: {device} | seed: {seed} | "
+        from mmlib import __version__  # the package root, above every module: imported when called
+
+        print(f"mmlib {__version__} | torch {torch.__version__} | device: {device} | seed: {seed} | "
               f"threads: {torch.get_num_threads()}")
     return device
 
@@ -107,50 +111,6 @@ def show_source(obj) -> Any:
     from IPython.display import Code  # IPython comes with Jupyter, not with mmlib: import on use
 
     return Code(textwrap.dedent(inspect.getsource(obj)), language="python")
-
-
-def seed_spread(claim: str) -> dict[str, dict]:
-    """The seed-spread benchmark's table for one claim (``benchmarks/seeds.py --write`` stores
-    it in ``mmlib/seed_spread.json``): name -> {"mean", "std", "values"} over its seeds."""
-    import json
-    from importlib import resources
-
-    stored = json.loads(resources.files("mmlib").joinpath("seed_spread.json").read_text())
-    if claim not in stored:
-        raise KeyError(f"no seed spread for {claim!r}: the benchmark measured {sorted(stored)}; "
-                       f"run python benchmarks/seeds.py {claim} --write")
-    return stored[claim]["rows"]
-
-
-def beats(claim: str, a: str, b: str) -> bool:
-    """Does ``a`` beat ``b`` beyond the seed spread? True when the mean of ``a`` over the
-    benchmark's seeds exceeds that of ``b`` by more than their two standard deviations together
-    (the book's rule for stating a ranking; otherwise the two tie)."""
-    rows = seed_spread(claim)
-    unknown = [n for n in (a, b) if n not in rows]
-    if unknown:
-        raise KeyError(f"the {claim!r} spread has no rows {unknown}; it has {list(rows)}")
-    gap = rows[a]["mean"] - rows[b]["mean"]
-    return gap > rows[a]["std"] + rows[b]["std"]
-
-
-def print_spread(claim: str, this_run: dict[str, float] | None = None,
-                 names: list[str] | None = None) -> None:
-    """A table of this run's numbers beside the mean ± std over seeds from the benchmark
-    (the rows of ``names``; by default those of ``this_run``, or all)."""
-    rows = seed_spread(claim)
-    names = names or [n for n in rows if this_run is None or n in this_run]
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise KeyError(f"the {claim!r} spread has no rows {unknown}; it has {list(rows)}")
-    seeds = len(next(iter(rows.values()))["values"])
-    width = max(len(n) for n in names)
-    head = f"{'':<{width}}  {'this run':>8}  over {seeds} seeds"
-    print(head if this_run is not None else head.replace(f"  {'this run':>8}", ""))
-    for name in names:
-        row = rows[name]
-        ours = f"  {this_run.get(name, float('nan')):>8.3f}" if this_run is not None else ""
-        print(f"{name:<{width}}{ours}  {row['mean']:.3f} ± {row['std']:.3f}")
 
 
 def seconds_per_call(fn, repeat: int = 5) -> float:
@@ -179,3 +139,67 @@ def reference_time(chapter: str) -> str:
     seconds = stored["chapters"][chapter]["wall_s"]
     return f"about {max(10, round(seconds / 10) * 10):.0f} s" if seconds < 100 else \
         f"about {seconds / 60:.1f} minutes"
+
+
+def table(rows: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], digits: int = 3,
+          index: str | None = None, formats: Mapping[str, str] | None = None):
+    """A table as the notebook shows it (Jupyter, Colab and the built book render it as HTML):
+    ``rows`` maps each row's label to its {column: value}, or is a list of such dicts (then
+    ``index`` names the column that labels the rows). Floats show ``digits`` decimals, whole
+    numbers a thousands separator; ``formats`` gives columns their own ({'seconds': '{:.1f}'}).
+    Returns a pandas ``Styler``; its ``.data`` is the DataFrame."""
+    import pandas as pd  # import on use: a chapter without tables never pays for pandas
+
+    if isinstance(rows, Mapping):
+        frame = pd.DataFrame.from_dict({k: dict(v) for k, v in rows.items()}, orient="index")
+    else:
+        frame = pd.DataFrame([dict(r) for r in rows])
+        if index is not None:
+            if index not in frame.columns:
+                raise ValueError(f"no column {index!r} to label the rows; the columns are {list(frame.columns)}")
+            frame = frame.set_index(index)
+    if frame.empty:
+        raise ValueError("a table needs at least one row with one column")
+    unknown = [c for c in formats or {} if c not in frame.columns]
+    if unknown:
+        raise ValueError(f"formats name columns {unknown} that the table lacks: {list(frame.columns)}")
+    styled = frame.style.format(precision=digits, thousands=",", na_rep="–")
+    for column, fmt in (formats or {}).items():
+        styled = styled.format(fmt, subset=[column], na_rep="–")
+    return styled
+
+
+def _flat(value, prefix: str = "") -> dict[str, Any]:
+    """A recipe's fields as 'name' -> value, nested recipes as 'lm.steps', dicts as 'm=4'."""
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            out.update(_flat(getattr(value, f.name), f"{prefix}{f.name}."))
+        return out
+    if isinstance(value, Mapping):
+        value = ", ".join(f"{k}={v}" for k, v in value.items()) or "–"
+    elif isinstance(value, tuple):
+        value = ", ".join(map(str, value))
+    return {prefix.rstrip("."): "–" if value is None else value}
+
+
+def recipe_table(**recipes):
+    """Every hyperparameter of one or more recipes at a glance: one row per field (nested ones
+    as 'lm.steps'), one column per recipe, by the keyword it is given under."""
+    if not recipes or not all(dataclasses.is_dataclass(r) for r in recipes.values()):
+        raise ValueError("give recipes by name, e.g. recipe_table(chapter_7=VQA)")
+    columns = {name: _flat(r) for name, r in recipes.items()}
+    fields = list(dict.fromkeys(f for c in columns.values() for f in c))
+    rows = {f: {name: _text(c.get(f, "")) for name, c in columns.items()} for f in fields}
+    return table(rows)
+
+
+def _text(value) -> str:
+    """A recipe value as the table shows it: 20,000; 0.001; 'mlp'."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+__all__ = ["glue", "busy_cpus", "choose_threads", "setup", "show_source", "seconds_per_call", "reference_time",
+           "table", "recipe_table"]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 import torch
 
 from mmlib.spectrogram import log_mel_spectrogram
@@ -240,4 +241,117 @@ def plot_label_efficiency(curves: dict, ax=None, title: str | None = None, chanc
     ax.minorticks_off()
     if title:
         ax.set_title(title)
+    return ax.figure
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 1: the timeline (a ``mmlib.timeline.Timeline``)
+# --------------------------------------------------------------------------------------------
+
+def _pack_lanes(intervals: list[tuple[float, float]], gap: float) -> list[int]:
+    """Greedy lanes for labels: each (start, end) goes to the lowest lane free from start - gap."""
+    lane_ends: list[float] = []
+    lanes = [0] * len(intervals)
+    for i in sorted(range(len(intervals)), key=lambda i: intervals[i][0]):
+        start, end = intervals[i]
+        free = [lane for lane, last in enumerate(lane_ends) if start > last + gap]
+        if free:
+            lanes[i] = free[0]
+            lane_ends[free[0]] = end
+        else:
+            lanes[i] = len(lane_ends)
+            lane_ends.append(end)
+    return lanes
+
+
+def _label(name: str, width: int = 16) -> str:
+    """An event's name on at most two lines (long names would not fit the early panel)."""
+    if len(name) <= width + 4:
+        return name
+    return "\n".join(textwrap.wrap(name, width + 2, max_lines=2, placeholder="…"))
+
+
+def plot_timeline(timeline, split_year: float = 2016.8):
+    """Events by date, coloured by modality combination, OpenAI's events highlighted.
+
+    The years before ``split_year`` are few and far apart, so they get a narrower panel of their
+    own (a broken time axis). Labels are packed into lanes so that none overlaps. Returns the figure.
+    """
+    width_in, ratios, size = 6.9, (1.5, 2.4), 8  # page width (mmlib.plot.PAGE_WIDTH), font pt
+    first, last = timeline[0].decimal_year, timeline[-1].decimal_year
+    spans = ((first - 1.5, split_year), (split_year, last + 1.6))
+    panels = []
+    for (lo, hi), ratio in zip(spans, ratios):
+        years_per_inch = (hi - lo) / (width_in * 0.95 * ratio / sum(ratios))
+        events = [e for e in timeline if lo <= e.decimal_year < hi]
+        placed = []  # (event, label on the left?, interval the label covers)
+        for e in events:
+            longest = max(len(line) for line in _label(e.name).split("\n"))
+            width = (0.01 * size * longest + 0.2) * years_per_inch  # label width in years
+            left = e.decimal_year + width > hi and e.decimal_year - width >= lo
+            span = (e.decimal_year - width, e.decimal_year) if left else (e.decimal_year, e.decimal_year + width)
+            placed.append((e, left, span))
+        lanes = _pack_lanes([span for _, _, span in placed], 0.05 * years_per_inch)
+        panels.append([(e, left, lane) for (e, left, _), lane in zip(placed, lanes)])
+    n_lanes = max(lane for panel in panels for _, _, lane in panel) + 1
+    height = 0.36 * n_lanes + 2.2
+    fig, axes = plt.subplots(1, 2, figsize=(width_in, height), sharey=True,
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.03})
+    for axis, (lo, hi), panel in zip(axes, spans, panels):
+        for event, left, lane in panel:
+            color = combination_color(event.modalities) if event.modalities else "#9E9E9E"
+            axis.plot([event.decimal_year] * 2, [-0.6, lane], color="#DDDDDD", lw=0.8, zorder=1)
+            axis.scatter(event.decimal_year, lane, s=60, zorder=3, color=color,
+                         edgecolors=OPENAI_COLOR if event.is_openai else "white",
+                         linewidths=2.2 if event.is_openai else 0.8)
+            axis.annotate(_label(event.name), (event.decimal_year, lane), xytext=(-6 if left else 6, 0),
+                          textcoords="offset points", fontsize=size, va="center", ha="right" if left else "left", color=OPENAI_COLOR if event.is_openai else "#222222",
+                          fontweight="bold" if event.is_openai else "normal")
+        axis.set_xlim(lo, hi)
+        axis.set_xlabel("year")
+        axis.grid(axis="y", alpha=0)
+    early, late = axes
+    early.set_xticks(range(1980, int(split_year) + 1, 10))
+    late.set_xticks(range(int(split_year) + 1, int(last) + 2))
+    early.set_yticks([])
+    early.set_ylim(-0.6, n_lanes - 0.4)
+    late.spines["left"].set_linestyle((0, (4, 4)))
+    early.set_title("1976-2016 (compressed)", fontsize=9, fontweight="normal")
+    late.set_title("2017 onwards", fontsize=9, fontweight="normal")
+    combos = sorted({e.combination for e in timeline if e.modalities}, key=lambda c: (c.count("+"), c))
+    handles = [Line2D([], [], marker="o", ls="", color=combination_color(c.split(" + ")), label=c) for c in combos]
+    handles.append(Line2D([], [], marker="o", ls="", color="#9E9E9E", markeredgecolor=OPENAI_COLOR,
+                          markeredgewidth=2, label="OpenAI (outlined)"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=size, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Multimodal models by date, coloured by the modalities they combine",
+                 fontweight="bold", fontsize=11)
+    fig.subplots_adjust(left=0.02, right=0.99, top=1 - 0.55 / height, bottom=1.3 / height)
+    return fig
+
+
+def plot_modality_matrix(timeline, ax=None):
+    """A dot per (event, modality): one glance shows models going from one modality to many."""
+    events = [e for e in timeline if e.modalities]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 0.23 * len(events) + 1.4))
+    for row, event in enumerate(events):
+        for col, modality in enumerate(MODALITY_ORDER):
+            if modality in event.modalities:
+                ax.scatter(col, row, s=90, color=MODALITY_COLORS[modality], zorder=3)
+        if event.is_multimodal:
+            cols = [MODALITY_ORDER.index(m) for m in event.modalities]
+            ax.plot([min(cols), max(cols)], [row, row], color="#BBBBBB", lw=2, zorder=2)
+    ax.set_yticks(range(len(events)), [f"{e.year}  {e.name}" for e in events], fontsize=8)
+    for label, event in zip(ax.get_yticklabels(), events):
+        if event.is_openai:
+            label.set_color(OPENAI_COLOR)
+            label.set_fontweight("bold")
+    ax.set_xticks(range(len(MODALITY_ORDER)), MODALITY_ORDER)
+    ax.xaxis.tick_top()
+    ax.set_xlim(-0.6, len(MODALITY_ORDER) - 0.4)
+    ax.set_ylim(len(events) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.15)
+    ax.grid(axis="y", alpha=0.0)
+    ax.set_title("Modalities per model (OpenAI in green)", pad=24)
+    ax.figure.tight_layout()
     return ax.figure

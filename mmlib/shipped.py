@@ -9,6 +9,8 @@ recipe that made them, the seconds it took and the versions used:
 - ``describer.pt``: chapter 7b's model that describes images
   (``mmlib.vlm.pretrained_describer``; ``benchmarks/train_describer.py``).
 
+Their recipes are values of ``mmlib.recipes``.
+
 ``load`` refuses a missing file, weights of another recipe, and weights that no longer fit the
 model's code, each with the command that trains them again.
 """
@@ -33,9 +35,14 @@ def path_of(name: str) -> Path:
     return WEIGHTS / f"{name}.pt"
 
 
-def json_safe(recipe: dict) -> dict:
-    """A recipe as plain JSON values (tuples become lists), as checkpoints store it."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}
+def json_safe(value):
+    """A recipe (``dataclasses.asdict``) as plain JSON values, as checkpoints store it: tuples
+    become lists, at every depth."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _existing(path: str | Path, retrain: str) -> Path:

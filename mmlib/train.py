@@ -1,7 +1,7 @@
 """The book's one training loop, ``fit_steps``, and what every training shares: seeding, the
 device rule, how the optimiser steps (``Optimisation``: schedule, weight decay, clipping,
-per-module learning rates), which weights learn (``freeze``, ``lock``), the ``History``
-(chapter 2 onwards).
+per-module learning rates), the ``History`` (chapter 2 onwards). Which weights learn at all is
+``mmlib.freezing``'s.
 
 ``fit_steps`` serves every chapter: classification (``fit``), pretraining (``mmlib.pretrain``),
 transfer (``mmlib.transfer.adapt``), every recipe of ``mmlib.recipes`` and the command line on
@@ -31,7 +31,6 @@ import math
 import os
 import random
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -136,43 +135,6 @@ def parameter_groups(model: nn.Module, weight_decay: float = 1e-4,
         raise ValueError("the model has no trainable parameters: is everything frozen?")
     return [{"params": params, "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0}
             for (scale, decay), params in groups.items()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Which weights learn
-# ---------------------------------------------------------------------------------------------
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients for every parameter of ``module`` (returns it, for chaining)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def unfreeze(module: nn.Module) -> nn.Module:
-    """Let every parameter of ``module`` learn again (returns it)."""
-    for p in module.parameters():
-        p.requires_grad_(True)
-    return module
-
-
-def lock(module: nn.Module) -> nn.Module:
-    """Freeze ``module`` *and* keep it in evaluation mode, even when a parent calls ``.train()``:
-    a locked tower (LiT) neither learns nor updates its BatchNorm statistics. ``unlock`` undoes it."""
-    freeze(module).eval()
-    module.train = types.MethodType(lambda self, mode=True: self, module)
-    return module
-
-
-def unlock(module: nn.Module) -> nn.Module:
-    """Undo ``lock``: trainable again, and ``.train()`` works as usual."""
-    module.__dict__.pop("train", None)
-    return unfreeze(module)
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of parameters (scalars) that will receive gradients."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +392,6 @@ def fit(model: nn.Module, data, target: str, *, epochs: int = 5, steps: int | No
                      evaluate=validate, eval_every=per_epoch, **options)
 
 
-__all__ = ["seed_everything", "default_device", "learning_rate", "Optimisation", "parameter_groups", "freeze",
-           "unfreeze", "lock", "unlock", "count_trainable", "History", "EMA", "Checkpointing", "fit_steps",
+__all__ = ["seed_everything", "default_device", "learning_rate", "Optimisation", "parameter_groups", "History", "EMA",
+           "Checkpointing", "fit_steps",
            "classification_terms", "evaluate", "fit"]

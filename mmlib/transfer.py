@@ -29,11 +29,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tqdm.auto import tqdm
 
-from mmlib.data import few_shot_indices
+from mmlib import world
+from mmlib.data import few_shot_indices, make_dataset
 from mmlib.encoders import Encoder, Features
 from mmlib.metrics import linear_probe
+from mmlib.recipes import TransferRecipe
 from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram
-from mmlib.train import default_device, evaluate, fit, freeze
+from mmlib.freezing import freeze
+from mmlib.train import default_device, evaluate, fit
 
 STRATEGIES = ("linear_probe", "fine_tune", "lp_ft", "scratch")
 
@@ -225,3 +228,62 @@ def compare_strategies(encoder: Encoder, pool, test, target: str, n_classes: int
             bar.update()
     bar.close()
     return table, models
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5's comparisons, by their recipe
+# ---------------------------------------------------------------------------------------------
+
+def domain_test(recipe: TransferRecipe, domain: str = "clean", sound: bool = False):
+    """The fixed test set of a domain (``world.DOMAINS``), or of sounds: ``recipe.test``
+    single objects, the same for every seed."""
+    if sound:
+        return make_dataset("attributes", recipe.test, split="test", seed=8, sound=True)
+    return make_dataset("attributes", recipe.test, split="test", seed=7, domain=domain)
+
+
+def transfer_tasks(recipe: TransferRecipe, tower: Encoder) -> dict[str, tuple]:
+    """Chapter 5's two new domains as (encoder, labelled pool, test set, batch key): 'sketch'
+    (``tower`` on outlines) and 'sound' (``tower`` hearing spectrograms, ``SoundAsImage``). The
+    pools hold ``recipe.per_class`` examples per shape, drawn from the recipe's seed."""
+    n = recipe.per_class * len(world.SHAPES)
+    s = 10 * recipe.seed
+    return {"sketch": (tower, make_dataset("attributes", n, seed=7 + s, domain="sketch"),
+                       domain_test(recipe, "sketch"), "image"),
+            "sound": (SoundAsImage(tower), make_dataset("attributes", n, seed=8 + s, sound=True),
+                      domain_test(recipe, sound=True), "sound")}
+
+
+def compare_transfer(recipe: TransferRecipe, tower: Encoder, tasks: dict | None = None, *, device=None,
+                     progress: bool = True) -> tuple[dict, dict]:
+    """Every strategy at every label budget of ``recipe`` on each task (``transfer_tasks``).
+    Returns ``(tables, models)``: ``tables[task][strategy][k]`` test accuracies and
+    ``models[task][strategy]`` the classifiers trained at the largest k."""
+    tasks = tasks or transfer_tasks(recipe, tower)
+    tables, models = {}, {}
+    for task, (encoder, pool, test, key) in tasks.items():
+        tables[task], models[task] = compare_strategies(
+            encoder, pool, test, "shape", len(world.SHAPES), recipe.ks, key=key, seed=recipe.seed, device=device,
+            progress=progress, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size)
+    return tables, models
+
+
+def compare_normalisation(recipe: TransferRecipe, tower: Encoder, tasks: dict | None = None, *, device=None
+                          ) -> dict[str, float]:
+    """Fine-tuning and LP-FT on sketches at the largest k, with the encoder's pretrained
+    batch-norm statistics (the book's policy) and with each batch's: test accuracy of each."""
+    _, pool, test, key = (tasks or transfer_tasks(recipe, tower))["sketch"]
+    few = pool.subset(few_shot_indices(pool.labels["shape"], max(recipe.ks), seed=recipe.seed))
+    out = {}
+    for strategy in ("fine_tune", "lp_ft"):
+        for frozen, policy in ((True, "pretrained stats"), (False, "batch stats")):
+            model = adapt(tower, few, "shape", len(world.SHAPES), strategy, key=key, steps=recipe.steps,
+                          lr=recipe.lr, batch_size=recipe.batch_size, seed=recipe.seed, frozen_statistics=frozen,
+                          device=device)
+            out[f"{strategy}, {policy}"] = evaluate(model, test, "shape")
+    return out
+
+
+__all__ = ["STRATEGIES", "reinitialise", "Classifier", "extract_features", "adapt", "SoundAsImage",
+           "zero_shot_equivalent_shots", "compare_strategies", "domain_test", "transfer_tasks", "compare_transfer",
+           "compare_normalisation"]

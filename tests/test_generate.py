@@ -9,6 +9,7 @@ import torch
 
 from mmlib import generate as G
 from mmlib import world
+from mmlib.recipes import GeneratorRecipe
 from mmlib.text import Tokenizer
 from mmlib.train import Optimisation, fit_steps
 
@@ -222,11 +223,11 @@ class StubJudge:
 
 def reading(pairs, size=0, position=4):
     n = len(pairs)
-    table = torch.zeros(n, len(G.PAIRS), dtype=torch.bool)
+    table = torch.zeros(n, len(world.PAIRS), dtype=torch.bool)
     for i, ps in enumerate(pairs):
         for c, s in ps:
-            table[i, G.PAIRS.index((c, s))] = True
-    first = torch.tensor([G.PAIRS.index(ps[0]) for ps in pairs])
+            table[i, world.PAIRS.index((c, s))] = True
+    first = torch.tensor([world.PAIRS.index(ps[0]) for ps in pairs])
     return {"pairs": table, "color": first // 6, "shape": first % 6, "size": torch.full((n,), size),
             "position": torch.as_tensor(position).expand(n).clone() if np.ndim(position) == 0 else torch.tensor(position)}
 
@@ -291,20 +292,20 @@ def test_pretrained_generator_refuses_missing_foreign_and_misfitting_weights(tmp
     with pytest.raises(ValueError, match="train_generator.py"):
         G.pretrained_generator(path=tmp_path / "nowhere.pt")
     with pytest.raises(ValueError, match="recipe"):
-        G.pretrained_generator(G.GeneratorRecipe(steps=1))
+        G.pretrained_generator(GeneratorRecipe(steps=1))
     with pytest.raises(ValueError, match="train_generator.py"):
-        G.pretrained_generator(replace(G.GeneratorRecipe(), channels=(8, 16)))
+        G.pretrained_generator(replace(GeneratorRecipe(), channels=(8, 16)))
 
 
 def test_a_clip_recipe_needs_the_text_tower_and_keeps_it_frozen():
     from mmlib.encoders import BagOfEmbeddings
 
-    recipe = G.GeneratorRecipe(steps=2, batch_size=8, examples=64, channels=(8, 16), text="clip")
+    recipe = GeneratorRecipe(steps=2, batch_size=8, examples=64, channels=(8, 16), text="clip")
     assert G.weights_path(recipe).name == "generator-clip.pt"
     with pytest.raises(ValueError, match="pretrained_clip"):
         G.train_generator(recipe, progress=False)
     with pytest.raises(ValueError, match="unknown text encoder"):
-        G.weights_path(G.GeneratorRecipe(text="t5"))
+        G.weights_path(GeneratorRecipe(text="t5"))
     tower = BagOfEmbeddings(len(Tokenizer.for_world()), 64)
     before = tower.embed.weight.clone()
     model, _ = G.train_generator(recipe, progress=False, text_encoder=tower)
@@ -317,7 +318,7 @@ def test_a_clip_recipe_needs_the_text_tower_and_keeps_it_frozen():
 def test_the_shipped_clip_conditioned_generator_cannot_tell_swapped_colours_apart():
     """Chapter 4's text tower is a bag of words: the two prompts below give the U-Net the same
     condition, so the generator draws the same picture for both (the binding lesson)."""
-    model = G.pretrained_generator(G.GeneratorRecipe(text="clip"), device="cpu")
+    model = G.pretrained_generator(GeneratorRecipe(text="clip"), device="cpu")
     one, two = (G.generate_images(model, [text], steps=4, guidance=3.0, seed=0)
                 for text in ("a red circle and a blue square", "a blue circle and a red square"))
     assert torch.allclose(one, two, atol=1e-4), "a bag of words cannot bind"
@@ -328,7 +329,7 @@ def test_the_shipped_clip_conditioned_generator_cannot_tell_swapped_colours_apar
 
 
 def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness():
-    recipe = G.GeneratorRecipe(steps=3, batch_size=8, examples=64, channels=(8, 16))
+    recipe = GeneratorRecipe(steps=3, batch_size=8, examples=64, channels=(8, 16))
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -344,17 +345,6 @@ def test_train_generator_returns_its_ema_model_and_leaves_the_callers_randomness
 
 # --- closing the loop: the book's other readers ------------------------------------------------
 
-def test_upsample_repeats_each_pixel():
-    x = torch.rand(2, 3, 16, 16)
-    up = G.upsample(x)
-    assert up.shape == (2, 3, 32, 32)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            assert torch.equal(up[..., dy::2, dx::2], x)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        G.upsample(torch.rand(3, 16, 16))
-
-
 def test_asked_pairs_reads_each_prompts_objects():
     assert G.asked_pairs(["a large red circle on the left", "a red circle and a blue square"]) == [
         {("red", "circle")}, {("red", "circle"), ("blue", "square")}]
@@ -369,10 +359,10 @@ class _Judge:
         self.pairs = pairs
 
     def read(self, images):
-        rows = torch.zeros(len(images), len(G.PAIRS), dtype=torch.bool)
+        rows = torch.zeros(len(images), len(world.PAIRS), dtype=torch.bool)
         for i, found in enumerate(self.pairs):
             for pair in found:
-                rows[i, G.PAIRS.index(pair)] = True
+                rows[i, world.PAIRS.index(pair)] = True
         return {"pairs": rows}
 
 
@@ -383,35 +373,3 @@ def test_judged_as_asked_wants_exactly_the_prompts_objects():
     assert G.judged_as_asked(judge, torch.zeros(4, 3, 16, 16), texts).tolist() == [True, False, True, False]
     with pytest.raises(ValueError, match="one prompt per image"):
         G.judged_as_asked(judge, torch.zeros(3, 3, 16, 16), texts)
-
-
-def test_described_as_asked_reads_the_description_back():
-    class Describer:
-        def answer(self, images, questions, max_new):
-            self.seen = images.shape
-            return ["a small red circle", "the red circle is left of the blue square", "a blue circle",
-                    "nothing at all"]
-
-    describer = Describer()
-    ok, said = G.described_as_asked(describer, torch.zeros(4, 3, 16, 16), ["a red circle"] * 4)
-    assert describer.seen == (4, 3, 32, 32), "the describer reads upsampled images"
-    assert ok.tolist() == [True, False, False, False] and said[1].startswith("the red circle")
-
-
-def test_clip_reading_names_and_retrieves_from_the_scores(monkeypatch):
-    """With known zero-shot scores: image 0 and 1 were drawn for 'red circle', image 2 for 'blue
-    square'. CLIP names image 0 and 2 right; for 'red circle' its two best images are 0 and 2
-    (precision 1/2), for 'blue square' 2 and 1 (1/2)."""
-    import mmlib.pretrain
-
-    rc, bs = G.PAIRS.index(("red", "circle")), G.PAIRS.index(("blue", "square"))
-    scores = torch.zeros(3, len(G.PAIRS))
-    scores[0, rc], scores[1, bs], scores[2, bs] = 5.0, 2.0, 4.0
-    scores[1, rc], scores[2, rc] = 1.0, 3.0
-    monkeypatch.setattr(mmlib.pretrain, "zero_shot_scores", lambda *a, **k: scores)
-    read = G.clip_reading(None, torch.zeros(3, 3, 16, 16), ["a red circle", "a small red circle", "a blue square"],
-                          k=2)
-    assert read["named"].tolist() == [True, False, True]
-    assert read["retrieved"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="one-object prompt"):
-        G.clip_reading(None, torch.zeros(1, 3, 16, 16), ["a red circle and a blue square"])

@@ -74,50 +74,27 @@ def test_thread_choice_respects_the_machine_and_the_override(monkeypatch):
     monkeypatch.setenv("MMLIB_THREADS", "many")
     with pytest.raises(ValueError, match="positive whole number"):
         choose_threads()
+def test_table_shows_rows_as_a_rendered_table_with_formatted_numbers():
+    shown = notebook.table({"film": {"accuracy": 0.97412, "parameters": 12345}, "late": {"accuracy": 0.5}})
+    frame = shown.data
+    assert list(frame.index) == ["film", "late"] and list(frame.columns) == ["accuracy", "parameters"]
+    html = shown.to_html()
+    assert "<table" in html and "0.974" in html and "12,345" in html and "0.97412" not in html
+    from_list = notebook.table([{"k": 1, "acc": 0.5}, {"k": 64, "acc": 0.9}], index="k")
+    assert list(from_list.data.index) == [1, 64]
+    with pytest.raises(ValueError, match="no column 'shots'"):
+        notebook.table([{"k": 1}], index="shots")
+    with pytest.raises(ValueError, match="at least one row"):
+        notebook.table({})
 
 
-def test_seed_spread_is_shipped_and_explains_unknown_claims(capsys):
-    from mmlib.notebook import print_spread, seed_spread
+def test_recipe_table_shows_every_field_nested_ones_by_path():
+    from mmlib.recipes import DESCRIBER, DESCRIBER_LORA
 
-    rows = seed_spread("transfer")
-    row = rows["sketch lp_ft k=64"]
-    assert len(row["values"]) >= 3 and row["std"] >= 0
-    assert abs(row["mean"] - sum(row["values"]) / len(row["values"])) < 1e-3
-    with pytest.raises(KeyError, match="benchmarks/seeds.py"):
-        seed_spread("no such claim")
-    print_spread("lit", {"locked": 0.5})
-    lines = capsys.readouterr().out.splitlines()
-    assert "this run" in lines[0] and len(lines) == 2 and "0.500" in lines[1]
-    with pytest.raises(KeyError, match="has no rows"):
-        print_spread("lit", names=["nope"])
-
-
-def test_beats_needs_a_gap_wider_than_both_spreads(monkeypatch):
-    import mmlib.notebook as notebook
-
-    rows = {"a": {"mean": 0.90, "std": 0.02}, "b": {"mean": 0.85, "std": 0.02},
-            "c": {"mean": 0.80, "std": 0.01}}
-    monkeypatch.setattr(notebook, "seed_spread", lambda claim: rows)
-    assert notebook.beats("x", "a", "c")          # gap 0.10 > 0.03
-    assert notebook.beats("x", "a", "b")          # gap 0.05 > 0.04
-    rows["b"]["std"] = 0.04                       # gap 0.05 < 0.06: a tie
-    assert not notebook.beats("x", "a", "b") and not notebook.beats("x", "b", "a")
-    assert not notebook.beats("x", "c", "a")      # a loss is not a win
-    with pytest.raises(KeyError, match="has no rows"):
-        notebook.beats("x", "a", "nope")
-
-
-def test_every_chapter_claim_has_its_seed_spread():
-    """The benchmark's table covers every claim the chapters print."""
-    import json
-    import re
-    from pathlib import Path
-
-    from mmlib.notebook import seed_spread
-
-    book = Path(__file__).resolve().parents[1] / "book"
-    claims = {m for nb in book.glob("*.ipynb")
-              for m in re.findall(r'(?:print_spread|seed_spread|beats)\(\\?"(\w+)', nb.read_text())}
-    assert claims >= {"fusion", "transfer", "lit"}
-    for claim in claims:
-        assert seed_spread(claim)
+    frame = notebook.recipe_table(full=DESCRIBER, lora=DESCRIBER_LORA).data
+    assert list(frame.columns) == ["full", "lora"]
+    assert frame.loc["lora_rank", "lora"] == "4" and frame.loc["lora_rank", "full"] == "0"
+    assert frame.loc["optim.lr", "lora"] == "0.01" and frame.loc["lm.steps", "full"] == "200"
+    assert frame.loc["connector_options", "full"] == "pool=2" and frame.loc["questions", "full"] == "20,000"
+    with pytest.raises(ValueError, match="recipes by name"):
+        notebook.recipe_table(x=3)

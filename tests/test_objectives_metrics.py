@@ -191,7 +191,8 @@ def test_few_shot_indices_are_balanced_seeded_and_checked():
 
 def test_pretraining_objectives_run_and_zero_shot_scores_have_the_right_shape():
     from mmlib.data import make_dataset
-    from mmlib.pretrain import OBJECTIVES, make_pretraining_model, pretrain, zero_shot_scores
+    from mmlib.pretrain import OBJECTIVES, make_pretraining_model, pretrain
+    from mmlib.zeroshot import zero_shot_scores
 
     data = make_dataset("pairs", 64, seed=0)
     pairs = [("red", "circle"), ("blue", "square"), ("green", "star")]

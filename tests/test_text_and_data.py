@@ -1,6 +1,5 @@
 """mmlib.text and mmlib.data: the tokenizer covers the world; datasets are seeded and leak-free."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -149,7 +149,8 @@ def test_the_loop_explains_bad_input(pairs, tmp_path):
 
 
 def test_pretrained_clip_is_cached_and_the_same_either_way(monkeypatch, tmp_path):
-    from mmlib.pretrain import ClipRecipe, cache_dir, pretrained_clip
+    from mmlib.checkpoint import cache_dir
+    from mmlib.pretrain import ClipRecipe, pretrained_clip
 
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path

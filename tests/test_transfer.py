@@ -11,10 +11,11 @@ from mmlib.data import few_shot_indices, make_dataset
 from mmlib.encoders import BagOfEmbeddings, ImageCNN
 from mmlib.metrics import linear_probe
 from mmlib.models import BagOfWordsModel, DualEncoder
-from mmlib.pretrain import CHINESE_PROMPT_TEMPLATES, class_names, zero_shot_scores
+from mmlib.zeroshot import CHINESE_PROMPT_TEMPLATES, class_names, zero_shot_scores
 from mmlib.text import Tokenizer
-from mmlib.train import count_trainable, evaluate, freeze, lock, unfreeze, unlock
-from mmlib.transfer import (STRATEGIES, Classifier, SoundAsImage, adapt, compare_strategies, extract_features,
+from mmlib.freezing import count_trainable, freeze, lock, unfreeze, unlock
+from mmlib.train import evaluate
+from mmlib.transfer import (Classifier, SoundAsImage, adapt, compare_strategies, extract_features,
                             reinitialise, zero_shot_equivalent_shots)
 
 

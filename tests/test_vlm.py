@@ -9,7 +9,7 @@ from torch import nn
 from mmlib import world
 from mmlib.encoders import ImageCNN
 from mmlib.lm import LanguageModel
-from mmlib.vlm import (CONNECTORS, CrossAttentionConnector, InstructionResampler, LoRALinear, Resampler,
+from mmlib.vlm import (CONNECTORS, InstructionResampler, LoRALinear, Resampler,
                        VisionLanguageModel, accuracy_by_type, add_lora, chair, chat_sequences, chat_tokenizer,
                        DESCRIBE, description_data, description_scores, descriptions_of, instruction_data,
                        make_connector, merge_lora, mix, pope_probes, pope_scores, question_type)
@@ -370,23 +370,30 @@ def test_the_shipped_describer_describes_renders_as_chapter_7b_measured():
 
 
 def test_pretrained_describer_refuses_foreign_and_missing_weights(tmp_path):
-    from mmlib.vlm import DescriberRecipe, describer_record, pretrained_describer
+    from dataclasses import replace
+
+    from mmlib.recipes import DESCRIBER
+    from mmlib.vlm import describer_record, pretrained_describer
 
     with pytest.raises(ValueError, match="recipe.*train_describer.py"):
-        pretrained_describer(DescriberRecipe(steps=1))
+        pretrained_describer(replace(DESCRIBER, steps=1))
     with pytest.raises(ValueError, match="train_describer.py"):
         pretrained_describer(path=tmp_path / "nowhere.pt")
-    assert describer_record()["recipe"]["steps"] == DescriberRecipe().steps
+    assert describer_record()["recipe"]["steps"] == DESCRIBER.steps
 
 
 def test_train_describer_keeps_clips_tower_frozen_and_the_callers_randomness():
     from mmlib.pretrain import clip_model
     from mmlib.text import Tokenizer
-    from mmlib.vlm import DescriberRecipe, train_describer
+    from dataclasses import replace
+
+    from mmlib.recipes import DESCRIBER
+    from mmlib.vlm import train_describer
 
     clip = clip_model(len(Tokenizer.for_world()))
     before = [p.clone() for p in clip.image_encoder.parameters()]
-    recipe = DescriberRecipe(questions=64, descriptions=32, lm_steps=2, lm_batch_size=8, steps=2, batch_size=8)
+    lm = replace(DESCRIBER.lm, questions=64, descriptions=32, steps=2, batch_size=8)
+    recipe = replace(DESCRIBER, questions=64, descriptions=32, steps=2, batch_size=8, lm=lm)
     torch.manual_seed(7)
     expected = torch.rand(2)
     torch.manual_seed(7)

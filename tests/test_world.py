@@ -6,8 +6,9 @@ import torch
 
 from mmlib import world
 from mmlib.world import (COLOR_RGB, COLORS, PITCH_HZ, SAMPLE_RATE, SHAPES, captions, chinese_captions,
-                         default_held_out, log_mel_spectrogram, parse_caption, position_word, questions,
-                         render_images, render_sounds, sample_scenes)
+                         default_held_out, parse_caption, position_word, questions, render_images, render_sounds,
+                         sample_scenes)
+from mmlib.spectrogram import log_mel_spectrogram
 
 
 def one(shape="circle", color="red", size="large", x=0.5, y=0.5, shapes=world.ALL_SHAPES):

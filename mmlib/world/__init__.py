@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mmlib.spectrogram import SAMPLE_RATE, log_mel_spectrogram, mel_filterbank
+from mmlib.spectrogram import SAMPLE_RATE
 from mmlib.world.language import (DISTRACTORS, NUMBER_WORDS, QUESTION_TYPES, SYNONYMS, WORD_TO_ATTRIBUTE,
                                   ZH_COLORS, ZH_NUMBERS, ZH_POSITIONS, ZH_SHAPES, ZH_SIZES, captions,
-                                  chinese_captions, parse_caption, position_words, questions, relation,
+                                  chinese_captions, parse_caption, position_phrase, position_words, questions, relation,
                                   relation_caption)
-from mmlib.world.scenes import (ALL_SHAPES, COLOR_RGB, COLORS, DOMAINS, NOVEL_SHAPES, PALETTE_RGB, POSITIONS,
-                                RADIUS, SHAPES, SIZES, Scenes, default_held_out, position_word, render_images,
-                                sample_scenes)
+from mmlib.world.scenes import (ALL_SHAPES, COLOR_RGB, COLORS, DOMAINS, NOVEL_SHAPES, PAIRS, PALETTE_RGB,
+                                POSITIONS, RADIUS, SHAPES, SIZES, Scenes, default_held_out, position_index,
+                                position_word, render_images, sample_scenes)
 from mmlib.world.sound import DURATION, LOUDNESS, PITCH_HZ, TIMBRES, TONE_SECONDS, render_sounds, tone_table
 
 
@@ -55,3 +55,11 @@ def generate(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0, ima
     scenes = sample_scenes(n, n_objects, seed=seed, **scene_options)
     return Sample(scenes, render_images(scenes, image_size, domain),
                   captions(scenes, seed=seed + 1, distractors=distractors), render_sounds(scenes))
+
+
+__all__ = ["DISTRACTORS", "NUMBER_WORDS", "QUESTION_TYPES", "SYNONYMS", "WORD_TO_ATTRIBUTE", "ZH_COLORS", "ZH_NUMBERS",
+           "ZH_POSITIONS", "ZH_SHAPES", "ZH_SIZES", "captions", "chinese_captions", "parse_caption", "position_phrase",
+           "position_words", "questions", "relation", "relation_caption", "ALL_SHAPES", "COLOR_RGB", "COLORS",
+           "DOMAINS", "NOVEL_SHAPES", "PAIRS", "PALETTE_RGB", "POSITIONS", "RADIUS", "SHAPES", "SIZES", "Scenes",
+           "default_held_out", "position_index", "position_word", "render_images", "sample_scenes", "DURATION",
+           "LOUDNESS", "PITCH_HZ", "SAMPLE_RATE", "TIMBRES", "TONE_SECONDS", "render_sounds", "tone_table", "Sample", "generate"]

@@ -9,7 +9,7 @@ from typing import Iterable
 import numpy as np
 
 from mmlib.world.scenes import (ALL_SHAPES, COLORS, POSITIONS, SIZES, Scenes, _check_names,
-                                _position_index, position_word)
+                                position_index)
 
 SYNONYMS = {
     "red": ("red", "crimson", "scarlet"),
@@ -58,7 +58,7 @@ def _word(rng: np.random.Generator, name: str, synonyms: bool) -> str:
     return words[rng.integers(len(words))] if synonyms else words[0]
 
 
-def _position_phrase(position: str) -> str:
+def position_phrase(position: str) -> str:
     """'in the centre', 'at the top', 'on the left', 'in the bottom right'."""
     if position == "centre" or " " in position:
         return f"in the {position}"
@@ -71,7 +71,7 @@ def _object_phrase(rng, obj: dict, synonyms: bool) -> str:
 
 def position_words(scenes: Scenes) -> np.ndarray:
     """(n, k) array of position words (see ``position_word``), vectorised."""
-    return np.array(POSITIONS, dtype=object)[_position_index(scenes.x, scenes.y)]
+    return np.array(POSITIONS, dtype=object)[position_index(scenes.x, scenes.y)]
 
 
 def captions(scenes: Scenes, *, seed: int = 0, synonyms: bool = True, vary_order: bool = True,
@@ -104,7 +104,7 @@ def captions(scenes: Scenes, *, seed: int = 0, synonyms: bool = True, vary_order
             size = size_words[p[0] % len(size_words)]
             color = color_words[p[1] % len(color_words)]
             shape = shape_words[p[2] % len(shape_words)]
-            where = _position_phrase(where_words[i, 0]) if position else ""
+            where = position_phrase(where_words[i, 0]) if position else ""
             t = template[i]
             if t == 0:
                 words = f"a {size} {color} {shape} {where}"

@@ -134,7 +134,12 @@ class Scenes:
         return {(COLORS[c], self.shapes[s]) for c, s in zip(self.color[m], self.shape[m])}
 
 
-def _position_index(x, y):
+PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
+"""Every colour-shape pair of the world's six shapes (8 x 6 = 48): the classes of zero-shot
+classification (chapters 4-5) and what chapter 8's judge reads."""
+
+
+def position_index(x, y):
     """Index into POSITIONS of centres (scalars or arrays), in thirds of the image."""
     col = (np.asarray(x) >= 1 / 3).astype(int) + (np.asarray(x) > 2 / 3)
     row = (np.asarray(y) >= 1 / 3).astype(int) + (np.asarray(y) > 2 / 3)
@@ -143,7 +148,7 @@ def _position_index(x, y):
 
 def position_word(x: float, y: float) -> str:
     """Where a centre lies, in thirds of the image: 'top left', 'centre', 'bottom', ..."""
-    return POSITIONS[int(_position_index(x, y))]
+    return POSITIONS[int(position_index(x, y))]
 
 
 def default_held_out(shapes: tuple[str, ...] = SHAPES) -> frozenset[tuple[str, str]]:

@@ -1,9 +1,9 @@
-"""mmlib.history: the timeline is validated data, and the figures show what the data says."""
+"""mmlib.timeline: the timeline is validated data, and the figures show what the data says."""
 
 import matplotlib.pyplot as plt
 import pytest
 
-from mmlib.history import (
+from mmlib.timeline import (
     MODALITIES,
     OPENAI_PATH,
     Event,
@@ -11,10 +11,8 @@ from mmlib.history import (
     bibliography_keys,
     book_timeline,
     parse_bibtex_keys,
-    plot_modality_matrix,
-    plot_timeline,
 )
-from mmlib.plot import OPENAI_COLOR
+from mmlib.plot import OPENAI_COLOR, plot_modality_matrix, plot_timeline
 
 
 def event(**overrides):

@@ -1,0 +1,216 @@
+"""The book's ranked claims: for each, the recipes its chapter runs and the measurement that reads
+its numbers, so that the seed benchmark (``benchmarks/seeds.py``) reruns exactly the chapter's
+run with other seeds; and what the chapters read back from that benchmark.
+
+``CLAIMS[name]`` is a ``Claim``: the chapter, the recipes by the names the chapter gives them
+(seed 0: ``tests/test_claims.py`` checks each equals what the chapter builds) and
+``measure(recipes) -> {row: number}``. The benchmark stores mean, standard deviation and values
+per row in ``mmlib/seed_spread.json``; ``seed_spread``, ``beats`` and ``spread_table`` read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Mapping
+
+from mmlib import recipes as R
+from mmlib.notebook import table
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A ranked comparison: its ``chapter`` (notebook name), its ``recipes`` at seed 0 by the
+    variable names the chapter uses, and ``measure(recipes)`` -> {row: number}."""
+
+    chapter: str
+    recipes: Mapping[str, Any]
+    measure: Callable[[dict], dict[str, float]]
+
+    def run(self, seed: int) -> dict[str, float]:
+        """The measurement with every recipe at ``seed`` (0: the chapter's own run)."""
+        return self.measure({name: R.with_seed(value, seed) for name, value in self.recipes.items()})
+
+
+def _clip():
+    from mmlib.pretrain import pretrained_clip
+
+    return pretrained_clip(progress=False)
+
+
+def _fusion(r):
+    from mmlib.models import compare_fusions, fusion_data, train_fusion_encoder
+
+    data = fusion_data(r["recipe"])
+    cnn, _ = train_fusion_encoder(r["recipe"], data, progress=False)
+    rows, _ = compare_fusions(r["recipe"], cnn.feature_extraction["image"], data, progress=False)
+    return {row["fusion"]: row["accuracy"] for row in rows}
+
+
+def _transfer(r):
+    from mmlib.train import evaluate
+    from mmlib.transfer import compare_transfer, domain_test
+
+    recipe, top = r["recipe"], max(r["recipe"].ks)
+    tables, models = compare_transfer(recipe, _clip().image_encoder, progress=False)
+    out = {f"{task} {strategy} k={k}": acc for task, rows in tables.items()
+           for strategy, row in rows.items() for k, acc in row.items() if k in (1, top)}
+    clean = domain_test(recipe)
+    out.update({f"sketch->clean {s} k={top}": evaluate(m, clean, "shape") for s, m in models["sketch"].items()})
+    return out
+
+
+def _normalisation(r):
+    from mmlib.transfer import compare_normalisation
+
+    return compare_normalisation(r["recipe"], _clip().image_encoder)
+
+
+def _lit(r):
+    from mmlib.pretrain import compare_lit
+
+    return {s: row["accuracy"] for s, row in compare_lit(r["lit_recipe"], _clip(), progress=False).items()}
+
+
+def _siglip(r):
+    from mmlib.pretrain import compare_batch_losses
+
+    return compare_batch_losses(r["recipe"], progress=False)
+
+
+def _vlm(r):
+    from mmlib import vlm as V
+
+    recipe, sets = r["recipe"], V.test_sets()
+    data, test = V.tuning_data(recipe), sets["test"]
+    lm, _ = V.pretrain_language_model(recipe, progress=False)
+    model = V.vision_language_model(recipe, _clip().image_encoder, lm)
+    out = {"blind": V.accuracy_by_type(model.answer(None, test.texts), test)["overall"]}
+    V.tune(model, data, recipe, progress=False)
+    out["with the image"] = V.vqa_accuracy(model, test)["overall"]
+    out["held-out pairs"] = V.vqa_accuracy(model, sets["heldout"])["overall"]
+    for strategy in ("random", "adversarial"):
+        scores = V.pope(model, test, strategy, V.popular_pairs(data))
+        out[f"POPE {strategy}, accuracy"], out[f"POPE {strategy}, yes ratio"] = scores["accuracy"], scores["yes_ratio"]
+    # paired, per seed: the same model on both kinds of negatives
+    out["POPE random - adversarial, accuracy"] = out["POPE random, accuracy"] - out["POPE adversarial, accuracy"]
+    out["POPE adversarial - random, yes ratio"] = out["POPE adversarial, yes ratio"] - out["POPE random, yes ratio"]
+    return out
+
+
+def _describe(r):
+    import torch
+
+    from mmlib import vlm as V
+
+    full, clip, described = r["recipe"], _clip(), V.test_sets()["descriptions"]
+    lm, _ = V.pretrain_language_model(full, progress=False)
+    data, out = V.tuning_data(full), {}
+    for name, recipe in (("full", full), ("lora", r["lora_recipe"])):
+        model = V.vision_language_model(recipe, clip.image_encoder, lm)
+        V.tune(model, data, recipe, progress=False)
+        out[f"object F1, {name}"] = V.description_scores(V.describe(model, described), described.scenes)["f1"]
+        for t in (R.TEMPERATURES[0], R.TEMPERATURES[-1]) if name == "full" else ():
+            said = V.describe(model, described, temperature=t, generator=torch.Generator().manual_seed(full.seed))
+            out[f"CHAIR_i, T = {t}"] = V.chair(said, described.scenes)["chair_i"]
+    return out
+
+
+def _connectors(r):
+    from mmlib import vlm as V
+
+    comparison, test, data, out = r["recipes"], V.test_sets()["test"], None, {}
+    lm, _ = V.pretrain_language_model(next(iter(comparison.values())), progress=False)
+    for label, recipe in comparison.items():
+        model = V.vision_language_model(recipe, _clip().image_encoder, lm)
+        data = data or model.with_regions(V.tuning_data(recipe))  # the frozen tower's features, once
+        V.tune(model, data, recipe, progress=False)
+        vqa = V.vqa_accuracy(model, test)
+        out[f"{label}, overall"], out[f"{label}, binding"] = vqa["overall"], (vqa["color"] + vqa["shape"]) / 2
+    return out
+
+
+def _generation(r):
+    from mmlib import generate as G
+    from mmlib.readers import clip_reading, described_as_asked
+    from mmlib.vlm import pretrained_describer
+
+    recipe = r["recipe"]
+    judge, _ = G.train_judge(r["judge_recipe"], progress=False)
+    model = G.pretrained_generator() if recipe == R.GeneratorRecipe() else G.train_generator(recipe, progress=False)[0]
+    asked = {name: texts for name, (_, texts) in G.evaluation_prompts().items()}
+    drawn = {name: G.generate_images(model, texts) for name, texts in asked.items()}
+    out = {name: G.faithfulness(judge, drawn[name], texts)["faithful"] for name, texts in asked.items()}
+    seen, images = asked["seen pairs"], drawn["seen pairs"]  # closing the loop: three readers of one set
+    out["read as asked: judge"] = G.judged_as_asked(judge, images, seen).float().mean().item()
+    out["read as asked: describer"] = described_as_asked(pretrained_describer(), images, seen)[0].float().mean().item()
+    out["read as asked: CLIP"] = clip_reading(_clip(), images, seen)["named"].float().mean().item()
+    out["seen - held-out"] = out["seen pairs"] - out["held-out pairs"]
+    free = G.free_prompts()
+    for w in (R.GUIDANCE_WEIGHTS[1], R.GUIDANCE_WEIGHTS[-1]):
+        images = G.generate_images(model, free, guidance=w)
+        out[f"faithfulness, w = {w:g}"] = G.faithfulness(judge, images, free)["faithful"]
+        out[f"diversity, w = {w:g}"] = G.diversity(judge, images, free)
+    return out
+
+
+CLAIMS = {
+    "fusion": Claim("03_algorithms", {"recipe": R.FusionRecipe()}, _fusion),
+    "siglip": Claim("04b_objectives", {"recipe": R.ObjectivesRecipe()}, _siglip),
+    "transfer": Claim("05_transfer", {"recipe": R.TransferRecipe()}, _transfer),
+    "normalisation": Claim("05_transfer", {"recipe": R.TransferRecipe()}, _normalisation),
+    "lit": Claim("05_transfer", {"lit_recipe": R.LitRecipe()}, _lit),
+    "vlm": Claim("07_vlm", {"recipe": R.VQA}, _vlm),
+    "describe": Claim("07b_describe", {"recipe": R.DESCRIBER, "lora_recipe": R.DESCRIBER_LORA}, _describe),
+    "connectors": Claim("07c_connectors", {"recipes": R.CONNECTOR_RECIPES}, _connectors),
+    "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},
+                        _generation),
+}
+"""Every comparison the book ranks, by name (the names ``benchmarks/seeds.py`` takes)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the benchmark's table
+# ---------------------------------------------------------------------------------------------
+
+def seed_spread(claim: str) -> dict[str, dict]:
+    """The seed benchmark's table for one claim (``benchmarks/seeds.py --write`` stores it in
+    ``mmlib/seed_spread.json``): row -> {"mean", "std", "values"} over its seeds."""
+    stored = json.loads(resources.files("mmlib").joinpath("seed_spread.json").read_text())
+    if claim not in stored:
+        raise KeyError(f"no seed spread for {claim!r}: the benchmark measured {sorted(stored)}; "
+                       f"run python benchmarks/seeds.py {claim} --write")
+    return stored[claim]["rows"]
+
+
+def _rows(claim: str, names) -> dict[str, dict]:
+    rows = seed_spread(claim)
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise KeyError(f"the {claim!r} spread has no rows {unknown}; it has {list(rows)}")
+    return rows
+
+
+def beats(claim: str, a: str, b: str) -> bool:
+    """Does ``a`` beat ``b`` beyond the seed spread? True when the mean of ``a`` over the
+    benchmark's seeds exceeds that of ``b`` by more than their two standard deviations together
+    (the book's rule for stating a ranking; otherwise the two tie)."""
+    rows = _rows(claim, (a, b))
+    return rows[a]["mean"] - rows[b]["mean"] > rows[a]["std"] + rows[b]["std"]
+
+
+def spread_table(claim: str, this_run: Mapping[str, float] | None = None, names=None):
+    """A table of the benchmark's mean and standard deviation over seeds for the rows ``names``
+    (default: those of ``this_run``, or all), beside this run's numbers when given."""
+    names = list(names or (this_run if this_run is not None else seed_spread(claim)))
+    rows = _rows(claim, names)
+    seeds = len(rows[names[0]]["values"])
+    body = {}
+    for name in names:
+        body[name] = {} if this_run is None else {"this run": this_run.get(name, float("nan"))}
+        body[name].update({f"mean over {seeds} seeds": rows[name]["mean"], "std": rows[name]["std"]})
+    return table(body)
+
+
+__all__ = ["Claim", "CLAIMS", "seed_spread", "beats", "spread_table"]

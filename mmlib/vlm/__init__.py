@@ -1,0 +1,38 @@
+"""A multimodal large language model at toy scale (chapters 7, 7b, 7c): a vision encoder, a
+connector that turns image features into tokens, and a decoder-only language model that writes
+the answer. The recipe of LLaVA, BLIP-2, Flamingo and their successors, one room per part, in
+the order the chapters build it:
+
+- ``mmlib.vlm.chat``        -- chat data: visual questions and descriptions as exchanges, the test sets
+- ``mmlib.vlm.connectors``  -- connectors: linear, MLP, resampler, instruction-aware, gated cross-attention
+- ``mmlib.vlm.model``       -- ``VisionLanguageModel`` (frozen tower -> connector -> LM) and ``chat``
+- ``mmlib.vlm.lora``        -- low-rank adapters
+- ``mmlib.vlm.evaluation``  -- against the world's exact truth: accuracy, POPE, object F1, CHAIR
+- ``mmlib.vlm.tuning``      -- training by recipe (``mmlib.recipes.VisionLanguageRecipe``), the shipped describer
+
+The language model itself is ``mmlib.lm.LanguageModel``. Everything is importable from
+``mmlib.vlm``.
+"""
+
+from mmlib.vlm.chat import (CHAT_TOKENS, DESCRIBE, QUESTION_KINDS, TEST_SIZES, chat_sequences, chat_tokenizer,
+                            description_data, descriptions_of, instruction_data, mix, question_type, test_sets)
+from mmlib.vlm.connectors import (CONNECTORS, Connector, CrossAttentionConnector, GatedCrossAttention,
+                                  InstructionResampler, LinearConnector, MLPConnector, Resampler, make_connector)
+from mmlib.vlm.evaluation import (POPE_STRATEGIES, PROBE_SEED, accuracy_by_type, chair, describe,
+                                  description_scores, majority_baseline, mentioned, pope, pope_probes, pope_scores,
+                                  popular_pairs, vqa_accuracy)
+from mmlib.vlm.lora import LoRALinear, add_lora, merge_lora
+from mmlib.vlm.model import REGIONS, VisionLanguageModel, chat
+from mmlib.vlm.tuning import (describer_record, language_model, pretrain_language_model, pretrained_describer,
+                              text_data, train_describer, train_vision_language_model, tune, tuning_data,
+                              vision_language_model)
+
+__all__ = ["CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
+           "description_data", "descriptions_of", "instruction_data", "mix", "question_type", "test_sets",
+           "CONNECTORS", "Connector", "CrossAttentionConnector", "GatedCrossAttention", "InstructionResampler",
+           "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",
+           "accuracy_by_type", "chair", "describe", "description_scores", "majority_baseline", "mentioned", "pope", "pope_probes",
+           "pope_scores", "popular_pairs", "vqa_accuracy", "LoRALinear", "add_lora", "merge_lora", "REGIONS", "VisionLanguageModel",
+           "chat", "describer_record", "language_model", "pretrain_language_model", "pretrained_describer",
+           "text_data", "train_describer", "train_vision_language_model", "tune", "tuning_data",
+           "vision_language_model"]

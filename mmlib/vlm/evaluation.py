@@ -1,0 +1,170 @@
+"""Evaluation against the world's exact truth (chapters 7, 7b): accuracy per question type and
+the language prior (``majority_baseline``); object hallucination by POPE's yes/no probes with
+random, popular and adversarial negatives; descriptions read back by the world's parser, scored
+by object F1 and CHAIR.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mmlib import world
+from mmlib.data import ANSWERS, WorldDataset
+
+def accuracy_by_type(replies: Sequence[str], data: WorldDataset) -> dict[str, float]:
+    """Exact-match accuracy of ``replies`` to ``data``'s questions, overall and per type."""
+    if len(replies) != len(data):
+        raise ValueError(f"{len(replies)} replies for {len(data)} questions")
+    truth = [ANSWERS[i] for i in data.labels["answer"]]
+    kinds = [world.QUESTION_TYPES[i] for i in data.labels["qtype"]]
+    right = np.array([r.strip() == t for r, t in zip(replies, truth)])
+    table = {"overall": float(right.mean())}
+    for kind in world.QUESTION_TYPES:
+        chosen = np.array([k == kind for k in kinds])
+        if chosen.any():
+            table[kind] = float(right[chosen].mean())
+    return table
+
+
+def majority_baseline(train: WorldDataset, test: WorldDataset) -> dict[str, float]:
+    """The best a model that never looks can do: for each question type, always give the answer
+    most frequent in ``train``; accuracy on ``test``, overall and per type."""
+    replies = []
+    best = {}
+    for kind in range(len(world.QUESTION_TYPES)):
+        answers = train.labels["answer"][train.labels["qtype"] == kind]
+        if len(answers):
+            best[kind] = ANSWERS[int(answers.mode().values)]
+    replies = [best.get(int(k), "") for k in test.labels["qtype"]]
+    return accuracy_by_type(replies, test)
+
+
+POPE_STRATEGIES = ("random", "popular", "adversarial")
+
+
+def pope_probes(scenes, strategy: str, seed: int = 0, popular: Sequence[tuple[str, str]] = ()
+                ) -> list[tuple[str, str]]:
+    """Two yes/no probes per scene (Li et al. 2023): 'is there a {colour} {shape} ?' for an
+    object in the scene (yes) and for an absent pair (no), drawn by ``strategy``:
+    'random' (any absent pair), 'popular' (the absent pair that comes first in ``popular``, the
+    pairs ranked by frequency in the training data) or 'adversarial' (a colour and a shape that
+    are both in the scene, but never together: a binding error; random if no such pair)."""
+    if strategy not in POPE_STRATEGIES:
+        raise ValueError(f"unknown POPE strategy {strategy!r}: expected one of {POPE_STRATEGIES}")
+    if strategy == "popular" and not popular:
+        raise ValueError("the popular strategy needs the pairs ranked by training frequency")
+    rng = np.random.default_rng(seed)
+    probes = []
+    for i in range(len(scenes)):
+        objects = scenes.objects(i)
+        present = {(o["color"], o["shape"]) for o in objects}
+        yes = objects[rng.integers(len(objects))]
+        absent = [(c, s) for c in world.COLORS for s in scenes.shapes if (c, s) not in present]
+        crossed = [(a["color"], b["shape"]) for a in objects for b in objects if (a["color"], b["shape"]) not in present]
+        if strategy == "popular":
+            no = next(p for p in popular if p not in present)
+        elif strategy == "adversarial" and crossed:
+            no = crossed[rng.integers(len(crossed))]
+        else:
+            no = absent[rng.integers(len(absent))]
+        probes += [(f"is there a {yes['color']} {yes['shape']} ?", "yes"), (f"is there a {no[0]} {no[1]} ?", "no")]
+    return probes
+
+
+def pope_scores(replies: Sequence[str], truths: Sequence[str]) -> dict[str, float]:
+    """POPE's numbers for yes/no replies: accuracy, precision, recall and F1 of 'yes', and the
+    share of 'yes' answers (a model that hallucinates says yes too often)."""
+    if len(replies) != len(truths) or not len(truths):
+        raise ValueError(f"need one reply per probe: got {len(replies)} replies for {len(truths)} probes")
+    said = np.array([r.strip() == "yes" for r in replies])
+    true = np.array([t == "yes" for t in truths])
+    tp, fp, fn = (said & true).sum(), (said & ~true).sum(), (~said & true).sum()
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    return {"accuracy": float((said == true).mean()), "precision": float(precision), "recall": float(recall),
+            "f1": float(2 * precision * recall / max(precision + recall, 1e-12)), "yes_ratio": float(said.mean())}
+
+
+def mentioned(text: str) -> list[tuple]:
+    """The (colour, shape) pairs a description names, read back by ``world.parse_caption``
+    (none when it cannot be read)."""
+    try:
+        return [(o.get("color"), o.get("shape")) for o in world.parse_caption(text)]
+    except ValueError:
+        return []
+
+
+def description_scores(descriptions: Sequence[str], scenes) -> dict[str, float]:
+    """Object precision, recall and F1 of descriptions read back with ``world.parse_caption``: an
+    object counts as named correctly when its colour *and* shape are both right (a red square
+    in a scene with a red circle and a blue square is a binding error, not half right)."""
+    if len(descriptions) != len(scenes) or not len(scenes):
+        raise ValueError(f"need one description per scene: got {len(descriptions)} for {len(scenes)} scenes")
+    tp = fp = fn = 0
+    for i, text in enumerate(descriptions):
+        present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
+        said = set(mentioned(text))
+        tp, fp, fn = tp + len(said & present), fp + len(said - present), fn + len(present - said)
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+
+
+def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
+    """CHAIR (Rohrbach et al. 2018) for descriptions of scenes: CHAIR_i, the share of mentioned
+    objects (colour and shape) that are not in the scene; CHAIR_s, the share of descriptions
+    with at least one such object. A description that names no object the parser can read
+    counts as one hallucination."""
+    if len(descriptions) != len(scenes):
+        raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
+    named = hallucinated = bad = 0
+    for i, text in enumerate(descriptions):
+        present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
+        said = mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
+        wrong = sum(pair not in present for pair in said)
+        named += len(said)
+        hallucinated += wrong
+        bad += wrong > 0
+    return {"chair_i": hallucinated / max(named, 1), "chair_s": bad / len(descriptions)}
+
+
+
+def vqa_accuracy(model, data: WorldDataset, **sampling) -> dict[str, float]:
+    """``model``'s replies to ``data``'s questions about its images, scored by
+    ``accuracy_by_type``: overall and per kind of question."""
+    return accuracy_by_type(model.answer(data.float_images(), data.texts, **sampling), data)
+
+
+def describe(model, data: WorldDataset, **sampling) -> list[str]:
+    """``model``'s descriptions of ``data``'s images (up to 24 words; greedy unless
+    ``temperature``)."""
+    return model.answer(data.float_images(), data.texts, max_new=24, **sampling)
+
+
+def popular_pairs(data: WorldDataset) -> list[tuple[str, str]]:
+    """The colour-shape pairs of ``data``'s scenes, most frequent first: POPE's 'popular'
+    negatives are drawn from the top of this list."""
+    counts = Counter((o["color"], o["shape"]) for i in range(len(data)) for o in data.scenes.objects(i))
+    return [pair for pair, _ in counts.most_common()]
+
+
+PROBE_SEED = 1
+"""The seed that draws the chapters' POPE probes."""
+
+
+def pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[str, str]] = (),
+         **sampling) -> dict[str, float]:
+    """POPE on ``data``'s test scenes: two probes per scene (``pope_probes``, seeded by
+    ``PROBE_SEED``) answered by ``model`` (a ``VisionLanguageModel``); ``pope_scores``."""
+    probes = pope_probes(data.scenes, strategy, seed=PROBE_SEED, popular=popular)
+    scene_of = torch.arange(len(probes)) // 2  # two probes per scene
+    said = model.answer(data.float_images()[scene_of], [q for q, _ in probes], **sampling)
+    return pope_scores(said, [a for _, a in probes])
+
+
+__all__ = ["accuracy_by_type", "vqa_accuracy", "describe", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
+           "description_scores", "chair", "popular_pairs", "PROBE_SEED", "pope"]

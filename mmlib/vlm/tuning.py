@@ -1,0 +1,139 @@
+"""Training a vision-language model by its recipe (chapters 7, 7b, 7c): the language model's text
+pretraining, the model assembled around chapter 4's frozen image tower, and visual instruction
+tuning; chapter 7b's describer trained once and shipped with mmlib, so that chapter 8 can read
+its generated images with it.
+
+Every function takes a ``mmlib.recipes.VisionLanguageRecipe``. Its seed s draws the data (tuning
+data from seeds 10 s and 10 s + 2, the LM's text from 10 s + 1 and 10 s + 4), the language
+model's initialisation (s), the connector's (s + 1) and the batches; the caller's random
+numbers are left as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from mmlib import shipped
+from mmlib.data import WorldDataset
+from mmlib.lm import LanguageModel
+from mmlib.recipes import DESCRIBER, VisionLanguageRecipe
+from mmlib.train import History, default_device, fit_steps
+from mmlib.vlm.chat import chat_tokenizer, description_data, instruction_data, mix
+from mmlib.vlm.connectors import make_connector
+from mmlib.vlm.lora import add_lora
+from mmlib.vlm.model import VisionLanguageModel
+
+
+def _chat(questions: int, descriptions: int, seed: int, description_seed: int, tokenizer) -> WorldDataset:
+    """``questions`` visual questions (seed ``seed``), mixed (seed ``seed``) with
+    ``descriptions`` descriptions (seed ``description_seed``) when there are any."""
+    asked = instruction_data(questions, seed=seed, tokenizer=tokenizer)
+    if not descriptions:
+        return asked
+    return mix(asked, description_data(descriptions, seed=description_seed, tokenizer=tokenizer), seed=seed)
+
+
+def tuning_data(recipe: VisionLanguageRecipe, tokenizer=None) -> WorldDataset:
+    """The images with their exchanges that ``recipe`` tunes on."""
+    s = 10 * recipe.seed
+    return _chat(recipe.questions, recipe.descriptions, s, s + 2, tokenizer or chat_tokenizer())
+
+
+def text_data(recipe: VisionLanguageRecipe, tokenizer=None) -> WorldDataset:
+    """The chat text the language model of ``recipe`` reads alone (its images unused)."""
+    s = 10 * recipe.seed
+    return _chat(recipe.lm.questions, recipe.lm.descriptions, s + 1, s + 4, tokenizer or chat_tokenizer())
+
+
+def language_model(recipe: VisionLanguageRecipe, tokenizer=None) -> LanguageModel:
+    """An untrained language model of ``recipe.lm``'s shape, over the chat tokenizer."""
+    tokenizer = tokenizer or chat_tokenizer()
+    lm = recipe.lm
+    return LanguageModel(len(tokenizer), lm.dim, lm.depth, lm.heads, lm.max_len, pad_id=tokenizer.pad_id)
+
+
+def pretrain_language_model(recipe: VisionLanguageRecipe, *, device=None, progress: bool = True
+                            ) -> tuple[LanguageModel, History]:
+    """The language model of ``recipe``, pretrained on ``text_data`` (next-token prediction,
+    ``LanguageModel.loss``) by ``recipe.lm``. Returns it and its ``History``."""
+    tokenizer = chat_tokenizer()
+    text = text_data(recipe, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        lm = language_model(recipe, tokenizer)
+        history = fit_steps(lm, text, steps=recipe.lm.steps, batch_size=recipe.lm.batch_size,
+                            optim=recipe.lm.optim, seed=recipe.seed, device=device, progress=progress,
+                            desc="language model")
+    return lm, history
+
+
+def vision_language_model(recipe: VisionLanguageRecipe, vision: nn.Module, lm: LanguageModel
+                          ) -> VisionLanguageModel:
+    """Copies of ``vision`` (an image tower; frozen inside) and ``lm`` joined by ``recipe``'s
+    connector, with LoRA adapters on the LM when ``recipe.lora_rank`` > 0."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed + 1)
+        connector = make_connector(recipe.connector, vision.dim, lm.dim, **recipe.connector_options)
+        lm = copy.deepcopy(lm)
+        if recipe.lora_rank:
+            add_lora(lm, r=recipe.lora_rank)
+    return VisionLanguageModel(copy.deepcopy(vision), connector, lm, chat_tokenizer())
+
+
+def tune(model: VisionLanguageModel, data: WorldDataset, recipe: VisionLanguageRecipe, *, device=None,
+         progress: bool = True, desc: str = "tuning") -> History:
+    """Visual instruction tuning: ``recipe.steps`` steps on ``data`` (``tuning_data(recipe)``, or
+    a copy that carries cached region features), only the assistant's tokens in the loss."""
+    return fit_steps(model, data, steps=recipe.steps, batch_size=recipe.batch_size, optim=recipe.optim,
+                     seed=recipe.seed, device=device, progress=progress, desc=desc)
+
+
+def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module | None = None, device=None,
+                                progress: bool = True) -> VisionLanguageModel:
+    """The whole recipe: pretrain the LM, assemble it with a frozen copy of ``clip``'s image
+    tower (default: chapter 4's ``pretrained_clip()``), tune. Returns the model for evaluation."""
+    from mmlib.pretrain import pretrained_clip
+
+    clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
+    lm, _ = pretrain_language_model(recipe, device=device, progress=progress)
+    model = vision_language_model(recipe, clip.image_encoder, lm)
+    tune(model, tuning_data(recipe), recipe, device=device, progress=progress)
+    return model.eval()
+
+
+def train_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, clip: nn.Module | None = None, device=None,
+                    progress: bool = True) -> VisionLanguageModel:
+    """Chapter 7b's describer trained by ``recipe``: what ``benchmarks/train_describer.py`` ships."""
+    return train_vision_language_model(recipe, clip=clip, device=device, progress=progress)
+
+
+RETRAIN_DESCRIBER = "python benchmarks/train_describer.py"
+
+
+def pretrained_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, path=None, device=None
+                         ) -> VisionLanguageModel:
+    """Chapter 7b's describer trained by ``recipe``, loaded from the weights shipped with mmlib
+    (its frozen copy of chapter 4's image tower included, so it matches on any machine). It reads
+    32-pixel images. A missing file or one trained by another recipe raises a ValueError that
+    says how to train it again."""
+    from mmlib.pretrain import image_tower
+
+    model = vision_language_model(recipe, image_tower(), language_model(recipe))
+    shipped.load(model, path if path is not None else shipped.path_of("describer"), asdict(recipe),
+                 RETRAIN_DESCRIBER)
+    return model.to(device or default_device()).eval()
+
+
+def describer_record() -> dict:
+    """What the shipped describer's weights say about their training: 'recipe', 'seconds',
+    'torch', 'cpus'."""
+    return shipped.record(shipped.path_of("describer"), RETRAIN_DESCRIBER)
+
+
+__all__ = ["tuning_data", "text_data", "language_model", "pretrain_language_model", "vision_language_model", "tune",
+           "train_vision_language_model", "train_describer", "RETRAIN_DESCRIBER", "pretrained_describer",
+           "describer_record"]
