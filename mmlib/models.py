@@ -300,13 +300,17 @@ def train_fusion_encoder(recipe: FusionRecipe, data: dict | None = None, *, devi
     return model, history
 
 
-def fusion_model(recipe: FusionRecipe, fusion: str, encoder: Encoder, vocab_size: int) -> MultimodalModel:
-    """A question-answering model: a locked copy of ``encoder`` and a new bag-of-embeddings
-    question encoder, joined by ``fusion``, answering over ``mmlib.data.ANSWERS``."""
+def fusion_model(recipe: FusionRecipe, fusion: str, encoder: Encoder,
+                 vocab_size: int) -> MultimodalModel:
+    """A question-answering model: a locked copy of ``encoder`` and a new
+    bag-of-embeddings question encoder, joined by ``fusion``, answering
+    over ``mmlib.data.ANSWERS`` (initialised from the recipe's seed)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        encoders = {"image": lock(copy.deepcopy(encoder)), "text": BagOfEmbeddings(vocab_size, recipe.text_dim)}
-        return MultimodalModel(encoders, n_classes=len(ANSWERS), fusion=fusion, fused_dim=recipe.fused_dim)
+        encoders = {"image": lock(copy.deepcopy(encoder)),
+                    "text": BagOfEmbeddings(vocab_size, recipe.text_dim)}
+        return MultimodalModel(encoders, n_classes=len(ANSWERS),
+                               fusion=fusion, fused_dim=recipe.fused_dim)
 
 
 def compare_fusions(recipe: FusionRecipe, encoder: Encoder, data: dict | None = None, *, device=None,

@@ -225,16 +225,19 @@ def lit_data(recipe: LitRecipe) -> dict[str, WorldDataset]:
             "test": make_dataset("pairs", recipe.test, language="zh", split="test", seed=11)}
 
 
-def chinese_clip(clip: DualEncoder, setting: str, vocab_size: int, seed: int = 0) -> DualEncoder:
-    """A dual encoder with a new text tower of ``vocab_size`` tokens and ``clip``'s image side
-    (tower and projection) 'locked' (frozen, statistics fixed) or 'unlocked', or both new
-    ('scratch')."""
+def chinese_clip(clip: DualEncoder, setting: str, vocab_size: int,
+                 seed: int = 0) -> DualEncoder:
+    """A dual encoder with a new text tower of ``vocab_size`` tokens and
+    ``clip``'s image side (tower and projection) 'locked' (frozen,
+    statistics fixed) or 'unlocked', or both new ('scratch')."""
     if setting not in ("locked", "unlocked", "scratch"):
-        raise ValueError(f"setting is 'locked', 'unlocked' or 'scratch', got {setting!r}")
+        raise ValueError("setting is 'locked', 'unlocked' or 'scratch', "
+                         f"got {setting!r}")
     model = clip_model(vocab_size, seed=seed)
     if setting != "scratch":
         for part in ("image_encoder", "image_proj"):
-            model.get_submodule(part).load_state_dict(clip.get_submodule(part).state_dict())
+            pretrained = clip.get_submodule(part).state_dict()
+            model.get_submodule(part).load_state_dict(pretrained)
     if setting == "locked":
         lock(model.image_encoder), lock(model.image_proj)
     return model

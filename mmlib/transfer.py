@@ -242,16 +242,21 @@ def domain_test(recipe: TransferRecipe, domain: str = "clean", sound: bool = Fal
     return make_dataset("attributes", recipe.test, split="test", seed=7, domain=domain)
 
 
+def domain_pool(recipe: TransferRecipe, domain: str = "sketch", sound: bool = False):
+    """The labelled pool of a domain, or of sounds: ``recipe.per_class`` single objects per
+    shape, drawn from the recipe's seed; the few labels of each k come from it."""
+    n, s = recipe.per_class * len(world.SHAPES), 10 * recipe.seed
+    if sound:
+        return make_dataset("attributes", n, seed=8 + s, sound=True)
+    return make_dataset("attributes", n, seed=7 + s, domain=domain)
+
+
 def transfer_tasks(recipe: TransferRecipe, tower: Encoder) -> dict[str, tuple]:
     """Chapter 5's two new domains as (encoder, labelled pool, test set, batch key): 'sketch'
-    (``tower`` on outlines) and 'sound' (``tower`` hearing spectrograms, ``SoundAsImage``). The
-    pools hold ``recipe.per_class`` examples per shape, drawn from the recipe's seed."""
-    n = recipe.per_class * len(world.SHAPES)
-    s = 10 * recipe.seed
-    return {"sketch": (tower, make_dataset("attributes", n, seed=7 + s, domain="sketch"),
-                       domain_test(recipe, "sketch"), "image"),
-            "sound": (SoundAsImage(tower), make_dataset("attributes", n, seed=8 + s, sound=True),
-                      domain_test(recipe, sound=True), "sound")}
+    (``tower`` on outlines) and 'sound' (``tower`` hearing spectrograms, ``SoundAsImage``)."""
+    return {"sketch": (tower, domain_pool(recipe, "sketch"), domain_test(recipe, "sketch"), "image"),
+            "sound": (SoundAsImage(tower), domain_pool(recipe, sound=True), domain_test(recipe, sound=True),
+                      "sound")}
 
 
 def compare_transfer(recipe: TransferRecipe, tower: Encoder, tasks: dict | None = None, *, device=None,
@@ -285,5 +290,5 @@ def compare_normalisation(recipe: TransferRecipe, tower: Encoder, tasks: dict | 
 
 
 __all__ = ["STRATEGIES", "reinitialise", "Classifier", "extract_features", "adapt", "SoundAsImage",
-           "zero_shot_equivalent_shots", "compare_strategies", "domain_test", "transfer_tasks", "compare_transfer",
+           "zero_shot_equivalent_shots", "compare_strategies", "domain_test", "domain_pool", "transfer_tasks", "compare_transfer",
            "compare_normalisation"]
