@@ -4,7 +4,7 @@
 
 Chapter 7b trains this model in front of the reader; chapter 8 needs the same model as a second
 reader of its generated images and has no minute to spare, so the recipe
-(``mmlib.vlm.DescriberRecipe``, about a minute on two CPU cores after chapter 4's CLIP) runs
+(``mmlib.recipes.DESCRIBER``, about a minute on two CPU cores after chapter 4's CLIP) runs
 here once and its weights land in ``mmlib/weights/describer.pt`` with the recipe, the time it
 took and the versions used. The frozen copy of CLIP's image tower ships inside it, so the
 weights match on any machine. Rerun this after changing the model's code or the recipe
@@ -24,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmlib import shipped, world  # noqa: E402
+from mmlib import shipped  # noqa: E402
 from mmlib.notebook import choose_threads  # noqa: E402
 from mmlib.pretrain import pretrained_clip  # noqa: E402
-from mmlib.vlm import DescriberRecipe, description_data, description_scores, train_describer  # noqa: E402
+from mmlib.recipes import DESCRIBER  # noqa: E402
+from mmlib.vlm import describe, description_scores, test_sets, train_describer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to save the weights (default: shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(choose_threads())
-    recipe = DescriberRecipe()
+    recipe = DESCRIBER
     out = args.out or shipped.path_of("describer")
     clip = pretrained_clip(progress=False)  # from the cache when chapter 4 ran before
     began = time.perf_counter()
     model = train_describer(recipe, clip=clip, progress=False)
     seconds = time.perf_counter() - began
-    test = description_data(500, split="test", held_out=world.default_held_out())  # as chapter 7b
-    said = model.answer(test.float_images(), test.texts, max_new=24)
-    print(f"trained in {seconds:.0f} s; object F1 on 500 test scenes "
-          f"{description_scores(said, test.scenes)['f1']:.3f}")
+    test = test_sets()["descriptions"]  # as chapter 7b
+    print(f"trained in {seconds:.0f} s; object F1 on {len(test)} test scenes "
+          f"{description_scores(describe(model, test), test.scenes)['f1']:.3f}")
     shipped.save(model, out, asdict(recipe), seconds)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -91,7 +91,7 @@ def _vlm(r):
     out["with the image"] = V.vqa_accuracy(model, test)["overall"]
     out["held-out pairs"] = V.vqa_accuracy(model, sets["heldout"])["overall"]
     for strategy in ("random", "adversarial"):
-        scores = V.pope(model, test, strategy, V.popular_pairs(data))
+        scores = V.ask_pope(model, test, strategy, V.popular_pairs(data))
         out[f"POPE {strategy}, accuracy"], out[f"POPE {strategy}, yes ratio"] = scores["accuracy"], scores["yes_ratio"]
     # paired, per seed: the same model on both kinds of negatives
     out["POPE random - adversarial, accuracy"] = out["POPE random, accuracy"] - out["POPE adversarial, accuracy"]

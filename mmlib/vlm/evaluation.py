@@ -140,9 +140,10 @@ def vqa_accuracy(model, data: WorldDataset, **sampling) -> dict[str, float]:
 
 
 def describe(model, data: WorldDataset, **sampling) -> list[str]:
-    """``model``'s descriptions of ``data``'s images (up to 24 words; greedy unless
-    ``temperature``)."""
-    return model.answer(data.float_images(), data.texts, max_new=24, **sampling)
+    """``model``'s descriptions of ``data``'s images: up to 24 words,
+    greedy unless ``temperature`` is given."""
+    images = data.float_images()
+    return model.answer(images, data.texts, max_new=24, **sampling)
 
 
 def popular_pairs(data: WorldDataset) -> list[tuple[str, str]]:
@@ -156,7 +157,7 @@ PROBE_SEED = 1
 """The seed that draws the chapters' POPE probes."""
 
 
-def pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[str, str]] = (),
+def ask_pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[str, str]] = (),
          **sampling) -> dict[str, float]:
     """POPE on ``data``'s test scenes: two probes per scene (``pope_probes``, seeded by
     ``PROBE_SEED``) answered by ``model`` (a ``VisionLanguageModel``); ``pope_scores``."""
@@ -167,4 +168,4 @@ def pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[str, 
 
 
 __all__ = ["accuracy_by_type", "vqa_accuracy", "describe", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
-           "description_scores", "chair", "popular_pairs", "PROBE_SEED", "pope"]
+           "description_scores", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]

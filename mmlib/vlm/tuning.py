@@ -88,8 +88,9 @@ def tune(model: VisionLanguageModel, data: WorldDataset, recipe: VisionLanguageR
          progress: bool = True, desc: str = "tuning") -> History:
     """Visual instruction tuning: ``recipe.steps`` steps on ``data`` (``tuning_data(recipe)``, or
     a copy that carries cached region features), only the assistant's tokens in the loss."""
-    return fit_steps(model, data, steps=recipe.steps, batch_size=recipe.batch_size, optim=recipe.optim,
-                     seed=recipe.seed, device=device, progress=progress, desc=desc)
+    with torch.random.fork_rng(devices=[]):
+        return fit_steps(model, data, steps=recipe.steps, batch_size=recipe.batch_size, optim=recipe.optim,
+                         seed=recipe.seed, device=device, progress=progress, desc=desc)
 
 
 def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module | None = None, device=None,
