@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmlib import shipped
+from mmlib.data import WorldDataset
 from mmlib.encoders import BagOfEmbeddings, Encoder, Features, TextTransformer
 from mmlib.generate.diffusion import (DDPMSchedule, check_steps, ddim, ddpm_loss, euler, flow_data_loss, flow_matching_loss,
                                       guide, velocity_from_data)
@@ -113,6 +114,7 @@ GUIDANCE = 3.0
 """The book's guidance weight (chapter 8 measures others)."""
 
 
+@torch.no_grad()
 def generate_images(model: TextToImage, texts: Sequence[str], *, steps: int = STEPS, guidance: float = GUIDANCE,
                     seed: int = 0, batch_size: int = 512) -> torch.Tensor:
     """Images (n, 3, 16, 16) in [0, 1] for ``texts``: Euler (flow) or DDIM (ddpm) with
@@ -174,6 +176,11 @@ def _generator(recipe: GeneratorRecipe, tokenizer: Tokenizer, text_encoder: Enco
                        text_encoder=text_encoder)
 
 
+def generator_data(recipe: GeneratorRecipe = GeneratorRecipe()) -> WorldDataset:
+    """The captioned 16-pixel scenes ``recipe`` trains on (``generation_data``)."""
+    return generation_data(recipe.examples, seed=recipe.seed, two_objects=recipe.two_objects)
+
+
 def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int | None = None, device=None,
                     progress: bool = True, evaluate: Callable | None = None, eval_every: int = 0,
                     text_encoder: Encoder | None = None):
@@ -186,7 +193,7 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
     if recipe.text == "clip" and text_encoder is None:
         raise ValueError("a text='clip' recipe conditions on chapter 4's text tower: pass "
                          "text_encoder=mmlib.pretrain.pretrained_clip().text_encoder")
-    data = generation_data(recipe.examples, seed=recipe.seed, two_objects=recipe.two_objects)
+    data = generator_data(recipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = _generator(recipe, data.tokenizer, copy.deepcopy(text_encoder) if text_encoder else None)
@@ -221,4 +228,4 @@ def generator_record(recipe: GeneratorRecipe = GeneratorRecipe()) -> dict:
 
 
 __all__ = ["OBJECTIVES", "TARGETS", "TextToImage", "STEPS", "GUIDANCE", "generate_images", "TEXT_ENCODERS", "WEIGHTS",
-           "weights_path", "train_generator", "retrain_hint", "pretrained_generator", "generator_record"]
+           "weights_path", "generator_data", "train_generator", "retrain_hint", "pretrained_generator", "generator_record"]
