@@ -2,26 +2,27 @@
 
     python benchmarks/generate.py
 
-Chapter 7's language model (dim 128, 2 blocks) continues 64 prompts of 10 tokens, after a prefix
-of 4 visual tokens, by 30 tokens, greedily, with and without the key-value cache. Chapter 8's
-text-to-image model (the default ``TextToImage``) draws 64 images with classifier-free guidance
-(two network calls per step, batched as one) in 1, 10 and 50 Euler steps. Best of three runs each;
-the speed does not depend on the weights, so the models are untrained.
+Chapter 7's language model (its recipe, ``mmlib.recipes.VQA.lm``) continues 64 prompts of 10
+tokens, after a prefix of 4 visual tokens, by 30 tokens, greedily, with and without the key-value
+cache. Chapter 8's text-to-image model (the shape of ``GeneratorRecipe()``) draws 64 images with
+classifier-free guidance at the book's weight (two network calls per step, batched as one) in 1,
+10 and 50 Euler steps. Best of three runs each; the speed does not depend on the weights, so the
+models are untrained.
 """
 
 import time
 
 import torch
 
-from mmlib.generate import TextToImage, generate_images
-from mmlib.lm import LanguageModel
-from mmlib.text import Tokenizer
+from mmlib.generate import GUIDANCE, generate_images, generator_model
+from mmlib.recipes import VQA
+from mmlib.vlm import language_model
 
 
 def main() -> None:
     torch.manual_seed(0)
-    lm = LanguageModel(96, dim=128, depth=2, heads=4, max_len=48).eval()
-    prompts, prefix = torch.randint(4, 96, (64, 10)), torch.randn(64, 4, 128)
+    lm = language_model(VQA).eval()
+    prompts, prefix = torch.randint(4, lm.vocab_size, (64, 10)), torch.randn(64, 4, lm.dim)
     rates = {}
     for cache in (True, False):
         best = float("inf")
@@ -32,13 +33,13 @@ def main() -> None:
         rates[cache] = 64 * 30 / best
     print(f"generation (chapter 7's LM, 64 x 30 tokens): {rates[True]:,.0f} tokens/s with the key-value cache, "
           f"{rates[False]:,.0f} without -> {rates[True] / rates[False]:.1f}x")
-    model = TextToImage(Tokenizer.for_world()).eval()
+    model = generator_model().eval()
     prompts = ["a large red circle in the top left", "a blue star"] * 32
     for steps in (1, 10, 50):
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            generate_images(model, prompts, steps=steps, guidance=3.0)
+            generate_images(model, prompts, steps=steps, guidance=GUIDANCE)
             best = min(best, time.perf_counter() - start)
         print(f"text to image (chapter 8's model, 16 x 16, guided): {len(prompts) / best:,.0f} images/s "
               f"with {steps} sampler step{'s' if steps > 1 else ''}")

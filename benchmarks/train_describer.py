@@ -1,6 +1,6 @@
 """Train chapter 7b's describer and ship its weights (chapter 8 reads generated images with it).
 
-    python benchmarks/train_describer.py        # train by DescriberRecipe(), report, save
+    python benchmarks/train_describer.py        # train by mmlib.recipes.DESCRIBER, report, save
 
 Chapter 7b trains this model in front of the reader; chapter 8 needs the same model as a second
 reader of its generated images and has no minute to spare, so the recipe

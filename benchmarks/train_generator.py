@@ -3,7 +3,7 @@
     python benchmarks/train_generator.py            # train by GeneratorRecipe(), report, save
     python benchmarks/train_generator.py --text clip   # conditioned on chapter 4's frozen text tower
 
-The recipe (``mmlib.generate.GeneratorRecipe``) takes about five minutes on two CPU cores: more
+The recipe (``mmlib.recipes.GeneratorRecipe``) takes about five minutes on two CPU cores: more
 than a chapter's budget, so chapter 8 trains the same recipe briefly in front of the reader and
 loads these weights (``pretrained_generator``) for its measurements. Training is deterministic on
 one machine and PyTorch version; the weights land in ``mmlib/weights/generator.pt`` with the
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from mmlib import generate as G  # noqa: E402
 from mmlib import shipped  # noqa: E402
 from mmlib.notebook import choose_threads  # noqa: E402
+from mmlib.recipes import GeneratorRecipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to save the weights (default: shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(choose_threads())
-    recipe = G.GeneratorRecipe(text=args.text)
+    recipe = GeneratorRecipe(text=args.text)
     out = args.out or G.weights_path(recipe)
     text_encoder = None
     if args.text == "clip":

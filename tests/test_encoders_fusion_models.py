@@ -178,11 +178,21 @@ BATCH = {"image": IMAGES, "tokens": TOKENS, "sound": SOUNDS}
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_model_with_three_modalities_and_one_missing(fusion):
+    """A missing modality's values never reach the output: replace them by anything, or leave
+    them out of the batch, and the prediction is the same; the present modalities still count."""
     model = small_model(fusion).eval()
     assert model(BATCH).shape == (5, 3)
+    noise = {"image": torch.rand_like(IMAGES), "tokens": TOKENS.flip(0), "sound": torch.randn_like(SOUNDS)}
+    key = {"image": "image", "text": "tokens", "audio": "sound"}
     for missing in ("image", "text", "audio"):
-        assert model(BATCH, missing=[missing]).shape == (5, 3)
-    assert model({"image": IMAGES, "tokens": TOKENS}, missing=["audio"]).shape == (5, 3)
+        out = model(BATCH, missing=[missing])
+        scrambled = {**BATCH, key[missing]: noise[key[missing]]}
+        assert torch.allclose(model(scrambled, missing=[missing]), out, atol=1e-6), f"{missing} leaked"
+        present = next(m for m in ("image", "text", "audio") if m != missing)
+        changed = {**BATCH, key[present]: noise[key[present]]}
+        assert not torch.allclose(model(changed, missing=[missing]), out), f"{present} ignored"
+    assert torch.allclose(model({"image": IMAGES, "tokens": TOKENS}, missing=["audio"]),
+                          model(BATCH, missing=["audio"]), atol=1e-6), "absent from the batch = missing"
 
 
 def test_model_trace_names_the_four_layers():

@@ -166,3 +166,45 @@ def test_pretrained_clip_is_cached_and_the_same_either_way(monkeypatch, tmp_path
         assert torch.equal(a, b), name
     pretrained_clip(ClipRecipe(pairs=256, width=16, epochs=1, batch_size=64, seed=1), device="cpu", progress=False)
     assert len(list(tmp_path.glob("clip-*.pt"))) == 2, "another recipe, other weights"
+
+
+def test_train_clip_fills_the_cache_that_pretrained_clip_reads(monkeypatch, tmp_path):
+    """Chapter 4's visible run *is* the cached model: after train_clip, pretrained_clip loads the
+    same weights and trains nothing."""
+    import mmlib.pretrain as pretrain
+    from mmlib.recipes import ClipRecipe
+
+    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path))
+    recipe = ClipRecipe(pairs=128, width=16, epochs=1, batch_size=64)
+    trained, history = pretrain.train_clip(recipe, device="cpu", progress=False)
+    assert len(history.loss) == 2 and len(list(tmp_path.glob("clip-*.pt"))) == 1
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("trained again"))
+    loaded = pretrain.pretrained_clip(recipe, device="cpu")
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_cache_key_follows_the_code_not_its_docstrings_or_comments(tmp_path, monkeypatch):
+    import sys
+
+    from mmlib.checkpoint import cached_path, code_fingerprint
+
+    package = tmp_path / "toy_recipe_code"
+    package.mkdir()
+    module = package / "__init__.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fingerprint(source):
+        module.write_text(source)
+        sys.modules.pop("toy_recipe_code", None)
+        return code_fingerprint(["toy_recipe_code"])
+
+    base = fingerprint('"""A toy."""\n\ndef f(x):\n    """Double."""\n    return 2 * x\n')
+    assert fingerprint('"""Another docstring."""\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # note\n') == base
+    assert fingerprint('"""A toy."""\n\ndef f(x):\n    """Double."""\n    return 3 * x\n') != base
+    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
+    one = cached_path("clip", {"seed": 0}, ["toy_recipe_code"])
+    assert one != cached_path("clip", {"seed": 1}, ["toy_recipe_code"]), "another recipe, another file"
+    assert one.parent == tmp_path / "cache" and one.name.startswith("clip-")
+    with pytest.raises(ValueError, match="no module"):
+        code_fingerprint(["no_such_module_here"])

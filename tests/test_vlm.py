@@ -33,6 +33,26 @@ def small_vlm(tok, connector="instruction", seed=0):
 
 # --- the language model ------------------------------------------------------------------
 
+def test_the_language_model_loss_is_next_token_cross_entropy_without_padding():
+    """By hand: each position's log-probability of the token after it, averaged over the
+    positions whose next token is not padding."""
+    torch.manual_seed(0)
+    lm = LanguageModel(12, dim=16, depth=1, heads=2, max_len=8, pad_id=0)
+    tokens = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
+    logits, _ = lm(tokens)
+    logp = logits.log_softmax(-1)
+    terms = [-logp[b, t, tokens[b, t + 1]] for b in range(2) for t in range(4) if tokens[b, t + 1] != 0]
+    assert len(terms) == 6
+    assert lm.loss({"tokens": tokens})["loss"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    every = [-logp[b, t, tokens[b, t + 1]] for b in range(2) for t in range(4)]
+    unpadded = LanguageModel(12, dim=16, depth=1, heads=2, max_len=8)  # no pad_id: every token counts
+    unpadded.load_state_dict(lm.state_dict())
+    assert unpadded.loss({"tokens": tokens})["loss"].item() == pytest.approx(torch.stack(every).mean().item(),
+                                                                             rel=1e-5)
+    with pytest.raises(ValueError, match="pad_id 12 is not a token"):
+        LanguageModel(12, pad_id=12)
+
+
 def test_changing_a_later_token_never_changes_an_earlier_logit():
     lm = small_lm(20).eval()
     x = torch.randint(0, 20, (2, 10))
@@ -171,12 +191,21 @@ def test_blind_and_bad_input(tok):
     from mmlib.vlm import chat
 
     model = small_vlm(tok)
-    assert isinstance(chat(model, torch.rand(3, 32, 32), "how many shapes are there ?"), str)
+    image = torch.rand(3, 32, 32)
+    reply = chat(model, image, "how many shapes are there ?")
+    assert reply == model.answer(image[None], ["how many shapes are there ?"])[0], "chat is answer, one image"
+    import matplotlib.pyplot as plt
+    assert plt.gcf().axes[0].get_title().endswith(reply), "the exchange is the figure's title"
+    plt.close("all")
     with pytest.raises(ValueError, match=r"one image of shape \(3, H, W\)"):
         chat(model, torch.rand(1, 3, 32, 32), "how many shapes are there ?")
     with pytest.raises(ValueError, match="ask a question"):
         chat(model, torch.rand(3, 32, 32), "")
-    assert model.answer(None, ["how many shapes are there ?"])[0] is not None, "blind: the LM alone"
+    prompt, _ = chat_sequences(tok, ["how many shapes are there ?"])
+    new, _ = model.lm.generate(prompt, 12, eos_id=tok.eos_id)
+    ids = new[0].tolist()
+    alone = tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+    assert model.answer(None, ["how many shapes are there ?"]) == [alone], "blind: the LM alone"
     with pytest.raises(ValueError, match="did you forget the batch dimension"):
         model.answer(torch.rand(3, 32, 32), ["how many shapes are there ?"])
     with pytest.raises(ValueError, match="unknown token"):

@@ -17,7 +17,7 @@ from mmlib.generate.diffusion import (DDPMSchedule, ddim, ddpm_loss, ddpm_noised
 from mmlib.generate.judge import (Judge, diversity, faithfulness, judge_accuracy, judge_data, judged_as_asked,
                                   train_judge)
 from mmlib.generate.model import (GUIDANCE, OBJECTIVES, STEPS, TARGETS, TEXT_ENCODERS, WEIGHTS, TextToImage,
-                                  generate_images, generator_data, generator_record, pretrained_generator, retrain_hint,
+                                  generate_images, generator_data, generator_model, generator_record, pretrained_generator, retrain_hint,
                                   train_generator, weights_path)
 from mmlib.generate.prompts import (IMAGE_SIZE, MARGIN, asked_pairs, clear_scenes, evaluation_prompts,
                                     free_prompts, generation_data, mixed_scenes, parse_prompt, prompt_for, prompts)
@@ -26,7 +26,7 @@ from mmlib.generate.unet import CrossAttention, FiLMBlock, UNet, time_embedding
 __all__ = ["DDPMSchedule", "ddim", "ddpm_loss", "ddpm_noised", "euler", "flow_data_loss", "flow_matching_loss",
            "flow_path", "guide", "velocity_from_data", "Judge", "diversity", "faithfulness", "judge_accuracy",
            "judge_data", "judged_as_asked", "train_judge", "GUIDANCE", "OBJECTIVES", "STEPS", "TARGETS",
-           "TEXT_ENCODERS", "WEIGHTS", "TextToImage", "generate_images", "generator_data", "generator_record", "pretrained_generator",
+           "TEXT_ENCODERS", "WEIGHTS", "TextToImage", "generate_images", "generator_data", "generator_model", "generator_record", "pretrained_generator",
            "retrain_hint", "train_generator", "weights_path", "IMAGE_SIZE", "MARGIN", "asked_pairs",
            "clear_scenes", "evaluation_prompts", "free_prompts", "generation_data", "mixed_scenes", "parse_prompt",
            "prompt_for", "prompts", "CrossAttention", "FiLMBlock", "UNet", "time_embedding"]

@@ -169,7 +169,11 @@ def weights_path(recipe: GeneratorRecipe) -> Path:
     return WEIGHTS if recipe.text == "trainable" else shipped.path_of(f"generator-{recipe.text}")
 
 
-def _generator(recipe: GeneratorRecipe, tokenizer: Tokenizer, text_encoder: Encoder | None) -> "TextToImage":
+def generator_model(recipe: GeneratorRecipe = GeneratorRecipe(), tokenizer: Tokenizer | None = None,
+                    text_encoder: Encoder | None = None) -> "TextToImage":
+    """An untrained ``TextToImage`` of ``recipe``'s shape (for 'clip', around ``text_encoder`` or
+    a tower of the shape of chapter 4's); initialised from the caller's random numbers."""
+    tokenizer = tokenizer or Tokenizer.for_world()
     if recipe.text == "clip" and text_encoder is None:  # the architecture of chapter 4's text tower
         text_encoder = BagOfEmbeddings(len(tokenizer), 64)
     return TextToImage(tokenizer, channels=tuple(recipe.channels), target=recipe.target,
@@ -196,7 +200,7 @@ def train_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, steps: int |
     data = generator_data(recipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = _generator(recipe, data.tokenizer, copy.deepcopy(text_encoder) if text_encoder else None)
+        model = generator_model(recipe, data.tokenizer, copy.deepcopy(text_encoder) if text_encoder else None)
         ema = EMA(model, recipe.ema)
         frozen = {"text_encoder": 0.0} if recipe.text == "clip" else None
         history = fit_steps(model, data, steps=steps or recipe.steps, batch_size=recipe.batch_size,
@@ -216,7 +220,7 @@ def pretrained_generator(recipe: GeneratorRecipe = GeneratorRecipe(), *, path: s
     """The book's generator trained by ``recipe`` (about five minutes on two CPU cores, more than
     a chapter's budget), loaded from the weights shipped with mmlib. A missing file or one
     trained by another recipe raises a ValueError that says how to train it again."""
-    model = _generator(recipe, Tokenizer.for_world(), None)
+    model = generator_model(recipe, Tokenizer.for_world(), None)
     shipped.load(model, path if path is not None else weights_path(recipe), asdict(recipe), retrain_hint(recipe))
     return model.to(device or default_device()).eval()
 
@@ -228,4 +232,4 @@ def generator_record(recipe: GeneratorRecipe = GeneratorRecipe()) -> dict:
 
 
 __all__ = ["OBJECTIVES", "TARGETS", "TextToImage", "STEPS", "GUIDANCE", "generate_images", "TEXT_ENCODERS", "WEIGHTS",
-           "weights_path", "generator_data", "train_generator", "retrain_hint", "pretrained_generator", "generator_record"]
+           "weights_path", "generator_model", "generator_data", "train_generator", "retrain_hint", "pretrained_generator", "generator_record"]
