@@ -3,13 +3,12 @@
 Run: python benchmarks/ddp.py
 """
 from mmlib.distributed import launch
-
-ARGS = ["--pairs", "8000", "--steps", "40", "--batch-size", "256"]
+from mmlib.recipes import DDP_THROUGHPUT as ARGS  # chapter 6's run
 
 
 def main() -> None:
     rates = {n: launch(*ARGS, processes=n)["images_per_second"] for n in (1, 2)}
-    print("data-parallel pretraining (ImageCNN(128), global batch 256, 40 steps)")
+    print(f"data-parallel pretraining (chapter 6's run: {' '.join(ARGS)})")
     for n, rate in rates.items():
         print(f"  {n} process(es): {rate:8.0f} images/s")
     print(f"  ratio 2/1: {rates[2] / rates[1]:.2f}")

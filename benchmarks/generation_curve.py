@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=book.lr)
     parser.add_argument("--channels", default=",".join(map(str, book.channels)))
     parser.add_argument("--objective", default="flow", choices=G.OBJECTIVES)
-    parser.add_argument("--target", default=None)
+    parser.add_argument("--target", default=book.target)
     parser.add_argument("--guidance", type=float, default=G.GUIDANCE)
     parser.add_argument("--two-objects", type=float, default=book.two_objects)
     parser.add_argument("--judge-cache", default=None, help="load the judge from here if it exists, else save it")
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         if args.judge_cache:
             torch.save(judge.state_dict(), args.judge_cache)
     judge.eval()
-    scores = G.judge_accuracy(judge, G.judge_data(2000, seed=7))
+    scores = G.judge_accuracy(judge, G.judge_test_data(JudgeRecipe()))
     print(f"judge: {time.perf_counter() - began:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     data = G.generator_data(GeneratorRecipe(two_objects=args.two_objects))
     model = G.TextToImage(data.tokenizer, objective=args.objective, target=args.target,

@@ -93,3 +93,6 @@ def multi_head_attention_by_hand(query, key, value, mha,
     B, n_q = query.shape[:2]
     out = out.transpose(1, 2).reshape(B, n_q, d)  # join the heads
     return mha.out_proj(out), weights.mean(dim=1)
+
+
+__all__ = ["conv2d_by_hand", "gru_cell_by_hand", "scaled_dot_product_attention", "multi_head_attention_by_hand"]

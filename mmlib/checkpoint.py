@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Iterable
 
@@ -69,9 +71,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmlib"
 
 
-def _code(path: Path) -> str:
-    """What a source file computes: its syntax tree without docstrings (comments are never in it)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def _code(source: str) -> str:
+    """What source code computes: its syntax tree without docstrings (comments are never in it)."""
+    tree = ast.parse(textwrap.dedent(source))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
@@ -81,28 +83,31 @@ def _code(path: Path) -> str:
     return ast.dump(tree)
 
 
-def code_fingerprint(modules: Iterable[str]) -> str:
-    """A hash of the code of ``modules`` (names such as 'mmlib.train'; a package counts with all
-    its files) and of torch's version: it changes when what they compute changes, not when a
-    docstring or a comment does."""
+def code_fingerprint(parts: Iterable) -> str:
+    """A hash of the code of ``parts`` and of torch's version: each part a module's name (such as
+    'mmlib.train'; a package counts with all its files) or a function or class (its own source).
+    It changes when what they compute changes, not when a docstring or a comment does."""
     import torch
 
     digest = hashlib.sha256(torch.__version__.encode())
-    for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(name)
+    for part in parts:
+        if not isinstance(part, str):
+            digest.update(_code(inspect.getsource(part)).encode())
+            continue
+        spec = importlib.util.find_spec(part)
         if spec is None or spec.origin is None:
-            raise ValueError(f"no module {name!r} to fingerprint")
+            raise ValueError(f"no module {part!r} to fingerprint")
         origin = Path(spec.origin)
         files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
         for path in files:
-            digest.update(_code(path).encode())
+            digest.update(_code(path.read_text(encoding="utf-8")).encode())
     return digest.hexdigest()
 
 
-def cached_path(kind: str, recipe: dict, modules: Iterable[str]) -> Path:
-    """Where the weights of a ``kind`` of model trained by ``recipe`` (a dict) with the code of
-    ``modules`` are cached: a file name that changes with either."""
-    key = hashlib.sha256((json.dumps(recipe, sort_keys=True) + code_fingerprint(modules)).encode())
+def cached_path(kind: str, recipe: dict, code: Iterable) -> Path:
+    """Where the weights of a ``kind`` of model trained by ``recipe`` (a dict) with ``code`` (the
+    parts of ``code_fingerprint``) are cached: a file name that changes with either."""
+    key = hashlib.sha256((json.dumps(recipe, sort_keys=True) + code_fingerprint(code)).encode())
     return cache_dir() / f"{kind}-{key.hexdigest()[:16]}.pt"
 
 

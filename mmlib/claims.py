@@ -100,8 +100,6 @@ def _vlm(r):
 
 
 def _describe(r):
-    import torch
-
     from mmlib import vlm as V
 
     full, clip, described = r["recipe"], _clip(), V.test_sets()["descriptions"]
@@ -112,7 +110,7 @@ def _describe(r):
         V.tune(model, data, recipe, progress=False)
         out[f"object F1, {name}"] = V.description_scores(V.describe(model, described), described.scenes)["f1"]
         for t in (R.TEMPERATURES[0], R.TEMPERATURES[-1]) if name == "full" else ():
-            said = V.describe(model, described, temperature=t, generator=torch.Generator().manual_seed(full.seed))
+            said = V.describe(model, described, temperature=t, generator=V.sampling_generator(model, full.seed))
             out[f"CHAIR_i, T = {t}"] = V.chair(said, described.scenes)["chair_i"]
     return out
 

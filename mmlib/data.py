@@ -261,3 +261,7 @@ def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tenso
                              "use a larger dataset or a smaller k")
         picked.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.cat(picked)
+
+
+__all__ = ["TASKS", "SPLITS", "ANSWERS", "BATCH_KEYS", "WorldDataset", "render_uint8", "hard_negatives",
+           "make_dataset", "few_shot_indices"]

@@ -32,7 +32,7 @@ BACKENDS = ("gloo", "nccl")
 # All-gather with a gradient
 # ---------------------------------------------------------------------------------------------
 
-class _GatherWithGrad(torch.autograd.Function):
+class GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), len(local)
@@ -55,7 +55,7 @@ def gather(local: torch.Tensor) -> torch.Tensor:
     Gradients flow back to each process's own rows. Without a process group, returns ``local``."""
     if world_size() == 1:
         return local
-    return _GatherWithGrad.apply(local)
+    return GatherWithGrad.apply(local)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,3 +121,7 @@ def launch(*args: str, processes: int = 1) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command[1:])} failed:\n{done.stderr[-3000:]}")
         return json.loads(history.read_text())
+
+
+__all__ = ["BACKENDS", "GatherWithGrad", "gather", "world_size", "rank", "check_backend", "join", "leave",
+           "launch"]

@@ -217,3 +217,7 @@ class AudioCNN(Encoder):
         tokens = self.net(spec).transpose(1, 2)  # (B, frames, dim)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device)
         return Features(tokens.max(1).values, tokens, mask)
+
+
+__all__ = ["Features", "masked_mean", "Encoder", "check_images", "check_tokens", "ImageCNN", "TinyViT",
+           "BagOfEmbeddings", "TextGRU", "TextTransformer", "AudioCNN"]

@@ -273,3 +273,7 @@ def make_fusion(name: str, dims: Sequence[int], out_dim: int, **options) -> Fusi
     if name not in classes:
         raise ValueError(f"unknown fusion {name!r}: expected one of {FUSIONS + ('single',)}")
     return classes[name](dims, out_dim, **options)
+
+
+__all__ = ["FUSIONS", "Fusion", "ConcatFusion", "LateFusion", "GatedFusion", "TensorFusion", "LowRankFusion",
+           "FiLMFusion", "CrossAttentionFusion", "SingleStreamFusion", "JOINT_ENCODERS", "make_fusion"]

@@ -69,7 +69,7 @@ class LanguageModel(nn.Module):
     hidden states before it; ``past``: the key-value cache of the positions already seen.
     ``loss(batch)`` is next-token cross-entropy; ``pad_id`` marks the padding it ignores."""
 
-    def __init__(self, vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 64,
+    def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, max_len: int,
                  pad_id: int | None = None):
         super().__init__()
         if pad_id is not None and not 0 <= pad_id < vocab_size:
@@ -164,3 +164,6 @@ class LanguageModel(nn.Module):
             if eos_id is not None and bool(done.all()):
                 break
         return torch.stack(new, 1), torch.stack(scores, 1)
+
+
+__all__ = ["CausalSelfAttention", "Block", "LanguageModel"]

@@ -77,3 +77,6 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, l
 
     optimizer.step(closure)
     return probe.requires_grad_(False)
+
+
+__all__ = ["accuracy", "recall_at_k", "class_embeddings", "zero_shot_logits", "modality_gap", "linear_probe"]

@@ -295,8 +295,8 @@ def train_fusion_encoder(recipe: FusionRecipe, data: dict | None = None, *, devi
         torch.manual_seed(recipe.seed)
         model = MultimodalModel({"image": ImageCNN(recipe.encoder_width, channels=recipe.encoder_channels)},
                                 n_classes=len(world.PAIRS))
-    history = fit(model, data["shapes"], "color_shape", epochs=recipe.encoder_epochs, lr=recipe.encoder_lr,
-                  seed=recipe.seed, device=device, progress=progress, desc="image encoder")
+    history = fit(model, data["shapes"], "color_shape", epochs=recipe.encoder_epochs, batch_size=recipe.batch_size,
+                  lr=recipe.encoder_lr, seed=recipe.seed, device=device, progress=progress, desc="image encoder")
     return model, history
 
 
@@ -323,9 +323,13 @@ def compare_fusions(recipe: FusionRecipe, encoder: Encoder, data: dict | None = 
     rows, models = [], {}
     for name in recipe.fusions:
         model = models[name] = fusion_model(recipe, name, encoder, len(data["train"].tokenizer))
-        history = fit(model, data["train"], "answer", epochs=recipe.epochs, lr=recipe.lr, seed=recipe.seed,
-                      device=device, progress=progress, desc=name)
+        history = fit(model, data["train"], "answer", epochs=recipe.epochs, batch_size=recipe.batch_size,
+                      lr=recipe.lr, seed=recipe.seed, device=device, progress=progress, desc=name)
         rows.append({"fusion": name, "parameters": sum(p.numel() for p in model.fusion.parameters()),
                      "seconds": history.seconds, "accuracy": evaluate(model, data["test"], "answer"),
                      "no image": evaluate(model, data["test"], "answer", missing=["image"])})
     return rows, models
+
+
+__all__ = ["CONTRASTIVE_LOSSES", "InputLayer", "MultimodalModel", "DualEncoder", "BagOfWordsModel",
+           "CaptioningModel", "fusion_data", "train_fusion_encoder", "fusion_model", "compare_fusions"]

@@ -152,3 +152,8 @@ def captioning_loss(token_logits: torch.Tensor, targets: torch.Tensor, pad_id: i
         raise ValueError(f"expected logits (B, T, V) matching targets (B, T), got {tuple(token_logits.shape)} "
                          f"and {tuple(targets.shape)}")
     return F.cross_entropy(token_logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+
+
+__all__ = ["CLIP_INIT_SCALE", "CLIP_MAX_SCALE", "SIGLIP_INIT_SCALE", "SIGLIP_INIT_BIAS", "similarity_logits",
+           "clip_loss", "siglip_loss", "clip_loss_local", "siglip_loss_local", "sample_hard_negatives", "itm_loss",
+           "bag_of_words_targets", "bag_of_words_loss", "captioning_loss"]

@@ -355,3 +355,9 @@ def plot_modality_matrix(timeline, ax=None):
     ax.set_title("Modalities per model (OpenAI in green)", pad=24)
     ax.figure.tight_layout()
     return ax.figure
+
+
+__all__ = ["MODALITY_COLORS", "COMBINATION_COLORS", "OPENAI_COLOR", "MODALITY_ORDER", "combination_name",
+           "combination_color", "PAGE_WIDTH", "use_book_style", "show_images", "show_sound", "show_attention",
+           "show_grid", "show_similarity", "plot_embeddings", "STRATEGY_STYLE", "plot_label_efficiency",
+           "plot_timeline", "plot_modality_matrix"]

@@ -83,7 +83,7 @@ def _tower(width: int, tower: str) -> Encoder:
     return ImageCNN(dim=width, channels=(16, 32)) if tower == "cnn" else TinyViT(dim=width, depth=2, heads=4)
 
 
-def image_tower(width: int = 128, tower: str = "cnn", seed: int = 0) -> Encoder:
+def image_tower(width: int = ClipRecipe.width, tower: str = ClipRecipe.tower, seed: int = 0) -> Encoder:
     """The book's image tower: an ``ImageCNN`` with ``width`` features (chapter 4), or a
     ``TinyViT``, which has no batch statistics (chapter 6). Initialised from ``seed`` (the same
     weights as ``clip_model``'s tower) without disturbing the caller's random numbers."""
@@ -92,7 +92,8 @@ def image_tower(width: int = 128, tower: str = "cnn", seed: int = 0) -> Encoder:
         return _tower(width, tower)
 
 
-def clip_model(vocab_size: int, width: int = 128, tower: str = "cnn", loss: str = "clip", seed: int = 0,
+def clip_model(vocab_size: int, width: int = ClipRecipe.width, tower: str = ClipRecipe.tower,
+               loss: str = ClipRecipe.loss, seed: int = 0,
                **options) -> DualEncoder:
     """The book's CLIP (chapter 4): ``image_tower(width, tower)`` and a bag-of-embeddings text
     tower in a 64-d joint space; ``options`` go to ``DualEncoder`` (e.g. ``init_scale``). Seeded
@@ -103,19 +104,29 @@ def clip_model(vocab_size: int, width: int = 128, tower: str = "cnn", loss: str 
         return DualEncoder(image, BagOfEmbeddings(vocab_size, 64), embed_dim=64, loss=loss, **options)
 
 
-def clip_pairs(n: int, seed: int = 0, **options) -> WorldDataset:
-    """The pretraining data of the book's CLIP: ``n`` noisy image-caption pairs (30 % of captions
-    with distractor words), the default colour-shape combinations held out."""
-    return make_dataset("pairs", n, held_out=world.default_held_out(), distractors=0.3, seed=seed, **options)
+def clip_pairs(n: int, seed: int = 0, distractors: float = 0.3, **options) -> WorldDataset:
+    """The pretraining data of the book's CLIP: ``n`` noisy image-caption pairs (a fraction
+    ``distractors`` of the captions with distractor words), the default colour-shape
+    combinations held out; ``options`` go to ``make_dataset``."""
+    return make_dataset("pairs", n, held_out=world.default_held_out(), distractors=distractors, seed=seed,
+                        **options)
 
 
 CLIP_CODE = ("mmlib.world", "mmlib.spectrogram", "mmlib.text", "mmlib.data", "mmlib.encoders", "mmlib.objectives",
-             "mmlib.models", "mmlib.distributed", "mmlib.train", "mmlib.pretrain")
-"""The modules whose code decides the weights of the book's CLIP: part of its cache key."""
+             "mmlib.distributed", "mmlib.train")
+"""The modules whose code decides the weights of the book's CLIP; with the model class and the
+functions of this module that build and train it, they make its cache key (``clip_code``)."""
+
+
+def clip_code() -> tuple:
+    """Everything whose code decides the book's CLIP weights (``mmlib.checkpoint.code_fingerprint``):
+    the modules of ``CLIP_CODE``, ``DualEncoder``, and this module's CLIP functions, but not the
+    rest of ``mmlib.models`` or of this module (editing a comparison keeps the cache)."""
+    return (*CLIP_CODE, DualEncoder, _tower, image_tower, clip_model, clip_pairs, pretrain, train_clip)
 
 
 def _clip_cache(recipe: ClipRecipe) -> Path:
-    return cached_path("clip", asdict(recipe), CLIP_CODE)
+    return cached_path("clip", asdict(recipe), clip_code())
 
 
 def train_clip(recipe: ClipRecipe = ClipRecipe(), *, cache: bool = True, device=None, progress: bool = True
@@ -137,7 +148,7 @@ def train_clip(recipe: ClipRecipe = ClipRecipe(), *, cache: bool = True, device=
 def pretrained_clip(recipe: ClipRecipe = ClipRecipe(), *, cache: bool = True, device=None,
                     progress: bool = True) -> DualEncoder:
     """The book's CLIP trained by ``recipe``: loaded from the cache when chapter 4 (or an earlier
-    call) trained these weights with the same code (``CLIP_CODE``), else trained now by
+    call) trained these weights with the same code (``clip_code()``), else trained now by
     ``train_clip``. The same numbers either way."""
     path = _clip_cache(recipe)
     if cache and path.exists():
@@ -251,8 +262,8 @@ def compare_lit(recipe: LitRecipe, clip: DualEncoder, data: dict | None = None, 
     out = {}
     for setting in recipe.settings:
         model = chinese_clip(clip, setting, len(data["train"].tokenizer), recipe.seed)
-        run = pretrain(model, data["train"], epochs=recipe.epochs, lr=recipe.lr, seed=recipe.seed, device=device,
-                       progress=progress, desc=setting)
+        run = pretrain(model, data["train"], epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                       seed=recipe.seed, device=device, progress=progress, desc=setting)
         out[setting] = {"accuracy": zero_shot_accuracy(model, data["test"], language="zh"),
                         "seconds": run.seconds, "trainable": count_trainable(model)}
     return out
@@ -267,12 +278,12 @@ class Config:
     """Everything a command-line run depends on; saved in its checkpoint."""
 
     pairs: int = 20_000
-    width: int = 128
-    tower: str = "cnn"
-    batch_size: int = 256
+    width: int = ClipRecipe.width
+    tower: str = ClipRecipe.tower
+    batch_size: int = ClipRecipe.batch_size
     steps: int = 200
-    lr: float = 4e-3
-    loss: str = "clip"
+    lr: float = ClipRecipe.lr
+    loss: str = ClipRecipe.loss
     local_loss: bool = False
     seed: int = 0
     out: str | None = None
@@ -377,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(log['loss'])} steps on {log['world_size']} process(es); final loss {log['loss'][-1]:.4f}; "
               f"{log['images_per_second']:.0f} images/s")
     return 0
+
+
+__all__ = ["OBJECTIVES", "make_pretraining_model", "pretrain", "TOWERS", "image_tower", "clip_model", "clip_pairs",
+           "CLIP_CODE", "clip_code", "train_clip", "pretrained_clip", "objectives_data", "compare_objectives",
+           "compare_temperatures", "compare_batch_losses", "lit_data", "chinese_clip", "compare_lit", "Config",
+           "check_config", "run", "parse_args", "main"]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ recipe                     chapter   trained or run by
                                      ``compare_batch_losses``
 ``TransferRecipe``         5         ``mmlib.transfer.compare_transfer``, ``compare_normalisation``
 ``LitRecipe``              5         ``mmlib.pretrain.compare_lit``
+``DDP_SAME_LOSS``, ...     6         ``python -m mmlib.pretrain`` under ``mmlib.distributed.launch``
 ``VisionLanguageRecipe``   7-7c, 8   ``mmlib.vlm.tuning``: ``VQA``, ``DESCRIBER``, ``DESCRIBER_LORA``,
                                      ``CONNECTOR_RECIPES``
 ``JudgeRecipe``            8         ``mmlib.generate.train_judge``
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from mmlib.fusion import FUSIONS
-from mmlib.train import Optimisation
+from mmlib.train import FrozenDict, Optimisation
 
 
 def _seeded(recipe) -> None:
@@ -53,6 +54,7 @@ class FusionRecipe:
     encoder_channels: tuple[int, ...] = (16, 32)
     encoder_epochs: int = 8
     encoder_lr: float = 1e-2
+    batch_size: int = 128
     questions: int = 10_000
     test_questions: int = 2_000
     text_dim: int = 32
@@ -119,6 +121,17 @@ class ObjectivesRecipe:
 
 
 # ---------------------------------------------------------------------------------------------
+# Chapter 6: the same pretraining on one process and on two (the command line's arguments)
+# ---------------------------------------------------------------------------------------------
+
+DDP_SAME_LOSS = ("--pairs", "4000", "--steps", "40", "--batch-size", "128", "--tower", "vit", "--width", "32")
+"""A ViT (no batch statistics), so 1 and 2 processes must give the same loss curve."""
+
+DDP_THROUGHPUT = ("--pairs", "8000", "--steps", "40", "--batch-size", "256")
+"""The book's CNN tower: the loss drifts with per-process batch norm; images per second, 1 vs 2."""
+
+
+# ---------------------------------------------------------------------------------------------
 # Chapter 5: transfer to new domains, and a new language
 # ---------------------------------------------------------------------------------------------
 
@@ -148,6 +161,7 @@ class LitRecipe:
     pairs: int = 6_000
     test: int = 1_000
     epochs: int = 2
+    batch_size: int = 256
     lr: float = 4e-3
     settings: tuple[str, ...] = ("locked", "unlocked", "scratch")
     seed: int = 0
@@ -198,6 +212,7 @@ class VisionLanguageRecipe:
 
     def __post_init__(self):
         _seeded(self)
+        object.__setattr__(self, "connector_options", FrozenDict(self.connector_options))
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank is a rank >= 1, or 0 for full tuning; got {self.lora_rank!r}")
 
@@ -232,9 +247,10 @@ CONNECTOR_RECIPES = {label: replace(VQA, steps=600, connector=name, connector_op
 @dataclass(frozen=True)
 class JudgeRecipe:
     """Chapter 8's judge: a CNN of ``width`` channels trained on ``examples`` rendered 16-pixel
-    scenes (a quarter of them with two objects) for ``steps`` steps."""
+    scenes (a fraction ``two_objects`` of them with two objects) for ``steps`` steps."""
 
     examples: int = 12_000
+    two_objects: float = 0.25
     width: int = 32
     steps: int = 800
     batch_size: int = 128
@@ -288,6 +304,6 @@ def with_seed(recipes, seed: int):
     return replace(recipes, seed=seed)
 
 
-__all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
+__all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
            "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "COMPARED", "CONNECTOR_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

@@ -35,3 +35,5 @@ def log_mel_spectrogram(waves: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_f
     fb = mel_filterbank(n_fft, n_mels, sample_rate).to(waves.device)
     return torch.log(fb @ spec + 1e-6)
 
+
+__all__ = ["SAMPLE_RATE", "mel_filterbank", "log_mel_spectrogram"]

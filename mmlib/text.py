@@ -120,3 +120,6 @@ class Tokenizer:
         for row, e in enumerate(encoded):
             ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
         return ids, lengths
+
+
+__all__ = ["SPECIALS", "world_words", "world_characters", "Tokenizer"]

@@ -317,3 +317,7 @@ OPENAI_PATH = ("GPT", "GPT-2", "GPT-3", "CLIP", "DALL·E", "Whisper", "GPT-4", "
 def book_timeline() -> Timeline:
     """The book's timeline of multimodal models (chapter 1), every citation checked."""
     return Timeline((Event(*row) for row in _EVENTS), bibliography=bibliography_keys())
+
+
+__all__ = ["MODALITIES", "KINDS", "Event", "Timeline", "parse_bibtex_keys", "bibliography_keys", "OPENAI_PATH",
+           "book_timeline"]

@@ -81,6 +81,23 @@ def learning_rate(step: int, steps: int, peak: float, warmup: float = 0.1) -> fl
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class FrozenDict(dict):
+    """A dict that cannot change once made, for the mappings inside frozen settings (a recipe's
+    per-module learning rates, a connector's options): a recipe shared by several chapters cannot
+    be altered by one of them. Hashable; copies and pickles as a dict of the same items."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a recipe's settings cannot change: make a new one with dataclasses.replace")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = clear = setdefault = _refuse
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
+
+
 @dataclass(frozen=True)
 class Optimisation:
     """How the optimiser steps (AdamW): the peak learning rate ``lr`` of the ``learning_rate``
@@ -95,6 +112,8 @@ class Optimisation:
     lr_scale: Mapping[str, float] | None = None
 
     def __post_init__(self):
+        if self.lr_scale is not None:  # its own copy, which nobody can change
+            object.__setattr__(self, "lr_scale", FrozenDict(self.lr_scale))
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
         if not 0 <= self.warmup < 1:
@@ -392,6 +411,6 @@ def fit(model: nn.Module, data, target: str, *, epochs: int = 5, steps: int | No
                      evaluate=validate, eval_every=per_epoch, **options)
 
 
-__all__ = ["seed_everything", "default_device", "learning_rate", "Optimisation", "parameter_groups", "History", "EMA",
+__all__ = ["seed_everything", "default_device", "learning_rate", "FrozenDict", "Optimisation", "parameter_groups", "History", "EMA",
            "Checkpointing", "fit_steps",
            "classification_terms", "evaluate", "fit"]

@@ -201,7 +201,7 @@ def zero_shot_equivalent_shots(zero_shot: float, probe: dict[int, float]) -> flo
 
 
 def compare_strategies(encoder: Encoder, pool, test, target: str, n_classes: int,
-                       ks: tuple[int, ...] = (1, 2, 4, 8, 16, 64), strategies: tuple[str, ...] = STRATEGIES, *,
+                       ks: tuple[int, ...], strategies: tuple[str, ...] = STRATEGIES, *,
                        key: str = "image", seed: int = 0, device=None, progress: bool = True,
                        **options) -> tuple[dict[str, dict[int, float]], dict[str, Classifier]]:
     """Adapt ``encoder`` with every strategy at every label budget k (examples per class, drawn from

@@ -169,13 +169,13 @@ def test_bad_inputs_get_clear_errors(tiny):
     with pytest.raises(ValueError, match="shape"):
         tiny(torch.zeros(1, 3, 32, 32), torch.zeros(1), tiny.condition(tiny.tokens(["a red circle"])))
     with pytest.raises(ValueError, match="unknown objective"):
-        G.TextToImage(Tokenizer.for_world(), objective="gan")
+        G.TextToImage(Tokenizer.for_world(), channels=(8, 16), objective="gan")
     with pytest.raises(ValueError, match="at least 2 scenes"):
-        G.judge_data(1)
+        G.judge_data(1, two_objects=0.25)
     with pytest.raises(ValueError, match="fraction"):
         G.generation_data(10, two_objects=1.0)
     with pytest.raises(ValueError, match="predicts one of"):
-        G.TextToImage(Tokenizer.for_world(), objective="ddpm", target="data")
+        G.TextToImage(Tokenizer.for_world(), channels=(8, 16), objective="ddpm", target="data")
 
 
 # --- prompts and data -----------------------------------------------------------------------
@@ -260,8 +260,9 @@ def test_diversity_is_zero_for_copies_and_the_chance_two_differ_otherwise():
 def test_a_briefly_trained_judge_reads_rendered_colours_and_sizes():
     torch.manual_seed(0)
     judge = G.Judge(width=8)
-    fit_steps(judge, G.judge_data(3000, seed=0), steps=300, batch_size=64, optim=Optimisation(lr=5e-3), progress=False)
-    scores = G.judge_accuracy(judge, G.judge_data(600, seed=9))
+    fit_steps(judge, G.judge_data(3000, seed=0, two_objects=0.25), steps=300, batch_size=64, optim=Optimisation(lr=5e-3),
+              progress=False)
+    scores = G.judge_accuracy(judge, G.judge_data(600, seed=9, two_objects=0.25))
     assert scores["color"] > 0.9 and scores["size"] > 0.9, scores
     with pytest.raises(ValueError, match="judge reads images"):
         judge.read(torch.zeros(2, 3, 32, 32))

@@ -9,10 +9,21 @@ from mmlib import recipes as R
 from mmlib.train import Optimisation
 
 
-def test_recipes_are_frozen_values():
+def test_recipes_are_values_no_chapter_can_change():
+    """Frozen all the way down: the nested settings (a connector's options, per-module learning
+    rates) refuse changes too, and a recipe never shares them with the dict it was made from."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         R.VQA.steps = 1
-    assert R.VQA == R.VisionLanguageRecipe() and R.VQA is not R.VisionLanguageRecipe()
+    with pytest.raises(TypeError, match="cannot change"):
+        R.VQA.optim.lr_scale["connector"] = 1.0
+    with pytest.raises(TypeError, match="cannot change"):
+        R.CONNECTOR_RECIPES["mlp"].connector_options.update(pool=1)
+    options = {"pool": 2}
+    recipe = R.VisionLanguageRecipe(connector="mlp", connector_options=options)
+    options["pool"] = 1
+    assert recipe.connector_options == {"pool": 2}, "the recipe keeps its own copy"
+    assert len({R.VQA, R.DESCRIBER, R.VisionLanguageRecipe()}) == 2, "hashable, equal when equal"
+    assert dataclasses.asdict(R.DESCRIBER)["optim"]["lr_scale"] == {"connector": 3.0}
 
 
 @pytest.mark.parametrize("make", [lambda: R.FusionRecipe(seed=-1), lambda: R.ClipRecipe(seed=1.5),

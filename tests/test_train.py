@@ -150,7 +150,8 @@ def test_the_loop_explains_bad_input(pairs, tmp_path):
 
 def test_pretrained_clip_is_cached_and_the_same_either_way(monkeypatch, tmp_path):
     from mmlib.checkpoint import cache_dir
-    from mmlib.pretrain import ClipRecipe, pretrained_clip
+    from mmlib.pretrain import pretrained_clip
+    from mmlib.recipes import ClipRecipe
 
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path
@@ -178,7 +179,7 @@ def test_train_clip_fills_the_cache_that_pretrained_clip_reads(monkeypatch, tmp_
     recipe = ClipRecipe(pairs=128, width=16, epochs=1, batch_size=64)
     trained, history = pretrain.train_clip(recipe, device="cpu", progress=False)
     assert len(history.loss) == 2 and len(list(tmp_path.glob("clip-*.pt"))) == 1
-    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(pretrain, "fit_steps", lambda *a, **k: pytest.fail("trained again"))
     loaded = pretrain.pretrained_clip(recipe, device="cpu")
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
@@ -208,3 +209,24 @@ def test_the_cache_key_follows_the_code_not_its_docstrings_or_comments(tmp_path,
     assert one.parent == tmp_path / "cache" and one.name.startswith("clip-")
     with pytest.raises(ValueError, match="no module"):
         code_fingerprint(["no_such_module_here"])
+
+    def first():
+        def f(x):
+            """Twice x."""
+            return 2 * x
+        return f
+
+    def second():
+        def f(x):  # the same code, another docstring and a comment
+            """Double it."""
+            return 2 * x
+        return f
+
+    def third():
+        def f(x):
+            """Twice x."""
+            return 3 * x
+        return f
+
+    assert code_fingerprint([first()]) == code_fingerprint([second()]), "a function counts by its code"
+    assert code_fingerprint([first()]) != code_fingerprint([third()])

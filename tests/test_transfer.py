@@ -142,7 +142,7 @@ def test_compare_strategies_table_and_models(shapes_data):
     for strategy, model in models.items():  # the table reports each model's test accuracy at the largest k
         assert table[strategy][2] == round(evaluate(model, test, "shape"), 3)
     with pytest.raises(ValueError, match="unknown strategies"):
-        compare_strategies(small_cnn(), shapes_data, test, "shape", 3, strategies=("probe",))
+        compare_strategies(small_cnn(), shapes_data, test, "shape", 3, (1,), strategies=("probe",))
     with pytest.raises(ValueError, match="positive integers"):
         compare_strategies(small_cnn(), shapes_data, test, "shape", 3, ks=(0, 4))
     with pytest.raises(ValueError, match="fewer than k"):

@@ -50,7 +50,7 @@ def test_the_language_model_loss_is_next_token_cross_entropy_without_padding():
     assert unpadded.loss({"tokens": tokens})["loss"].item() == pytest.approx(torch.stack(every).mean().item(),
                                                                              rel=1e-5)
     with pytest.raises(ValueError, match="pad_id 12 is not a token"):
-        LanguageModel(12, pad_id=12)
+        LanguageModel(12, 16, 1, 2, 8, pad_id=12)
 
 
 def test_changing_a_later_token_never_changes_an_earlier_logit():

@@ -12,10 +12,10 @@ scaled to [-1, 1] inside the model. Chapter 4's CLIP and chapter 7b's describer 
 images in ``mmlib.readers``. Everything here is importable from ``mmlib.generate``.
 """
 
-from mmlib.generate.diffusion import (DDPMSchedule, ddim, ddpm_loss, ddpm_noised, euler, flow_data_loss,
-                                      flow_matching_loss, flow_path, guide, velocity_from_data)
-from mmlib.generate.judge import (Judge, diversity, faithfulness, judge_accuracy, judge_data, judged_as_asked,
-                                  train_judge)
+from mmlib.generate.diffusion import (DDPMSchedule, check_steps, ddim, ddpm_loss, ddpm_noised, euler,
+                                      flow_data_loss, flow_matching_loss, flow_path, guide, velocity_from_data)
+from mmlib.generate.judge import (TEST_RENDERS, TEST_SEED, Judge, diversity, faithfulness, judge_accuracy,
+                                  judge_data, judge_test_data, judged_as_asked, train_judge)
 from mmlib.generate.model import (GUIDANCE, OBJECTIVES, STEPS, TARGETS, TEXT_ENCODERS, WEIGHTS, TextToImage,
                                   generate_images, generator_data, generator_model, generator_record, pretrained_generator, retrain_hint,
                                   train_generator, weights_path)
@@ -23,9 +23,9 @@ from mmlib.generate.prompts import (IMAGE_SIZE, MARGIN, asked_pairs, clear_scene
                                     free_prompts, generation_data, mixed_scenes, parse_prompt, prompt_for, prompts)
 from mmlib.generate.unet import CrossAttention, FiLMBlock, UNet, time_embedding
 
-__all__ = ["DDPMSchedule", "ddim", "ddpm_loss", "ddpm_noised", "euler", "flow_data_loss", "flow_matching_loss",
+__all__ = ["DDPMSchedule", "check_steps", "ddim", "ddpm_loss", "ddpm_noised", "euler", "flow_data_loss", "flow_matching_loss",
            "flow_path", "guide", "velocity_from_data", "Judge", "diversity", "faithfulness", "judge_accuracy",
-           "judge_data", "judged_as_asked", "train_judge", "GUIDANCE", "OBJECTIVES", "STEPS", "TARGETS",
+           "judge_data", "judge_test_data", "TEST_RENDERS", "TEST_SEED", "judged_as_asked", "train_judge", "GUIDANCE", "OBJECTIVES", "STEPS", "TARGETS",
            "TEXT_ENCODERS", "WEIGHTS", "TextToImage", "generate_images", "generator_data", "generator_model", "generator_record", "pretrained_generator",
            "retrain_hint", "train_generator", "weights_path", "IMAGE_SIZE", "MARGIN", "asked_pairs",
            "clear_scenes", "evaluation_prompts", "free_prompts", "generation_data", "mixed_scenes", "parse_prompt",

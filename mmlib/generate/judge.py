@@ -19,7 +19,7 @@ from mmlib.generate.prompts import IMAGE_SIZE, asked_pairs, mixed_scenes, parse_
 from mmlib.recipes import JudgeRecipe
 from mmlib.train import History, Optimisation, fit_steps
 
-def judge_data(n: int, *, seed: int = 0, two_objects: float = 0.25) -> WorldDataset:
+def judge_data(n: int, *, seed: int = 0, two_objects: float) -> WorldDataset:
     """Rendered 16-pixel scenes with what the judge must read: 'pairs' (n, 48) multi-hot over
     ``world.PAIRS``, 'objects', and for one-object scenes 'color', 'shape', 'size', 'position' (-1
     for two-object scenes). Every colour-shape pair occurs: the judge knows the whole world."""
@@ -45,7 +45,7 @@ class Judge(nn.Module):
     colour-shape pair is its strongest response anywhere in the image (max-pooling over
     places), so what the judge learns on one object it applies to each of two."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int):
         super().__init__()
 
         def block(cin, cout):
@@ -161,6 +161,19 @@ def diversity(judge: Judge, images: torch.Tensor, groups: Sequence) -> float:
     return float(np.mean(values))
 
 
+TEST_RENDERS = 2_000
+"""How many fresh renders the judge is tested on."""
+
+TEST_SEED = 7
+"""The seed that draws them."""
+
+
+def judge_test_data(recipe: JudgeRecipe = JudgeRecipe()) -> WorldDataset:
+    """The renders a judge trained by ``recipe`` is tested on: ``TEST_RENDERS`` scenes it never
+    saw, mixed as its training scenes are."""
+    return judge_data(TEST_RENDERS, seed=TEST_SEED, two_objects=recipe.two_objects)
+
+
 def judged_as_asked(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
     """Per image, whether the judge finds exactly the prompt's objects (colour and shape; size
     and position aside): the judge's verdict on the question the other readers answer."""
@@ -175,7 +188,7 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe(), *, device=None, progress: b
                 ) -> tuple[Judge, History]:
     """A ``Judge`` trained by ``recipe`` on renders (``judge_data``); returned in evaluation
     mode with its ``History``. The caller's random numbers are left as they were."""
-    data = judge_data(recipe.examples, seed=recipe.seed)
+    data = judge_data(recipe.examples, seed=recipe.seed, two_objects=recipe.two_objects)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         judge = Judge(recipe.width)
@@ -185,4 +198,5 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe(), *, device=None, progress: b
     return judge.eval(), history
 
 
-__all__ = ["judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity", "judged_as_asked", "train_judge"]
+__all__ = ["judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
+           "judge_test_data", "judged_as_asked", "train_judge"]

@@ -42,7 +42,7 @@ class TextToImage(nn.Module):
     with the rest); freeze a pretrained one with ``fit_steps(..., optim=Optimisation(lr_scale={'text_encoder': 0}))``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, objective: str = "flow", channels: tuple[int, int] = (16, 64),
+    def __init__(self, tokenizer: Tokenizer, *, channels: tuple[int, int], objective: str = "flow",
                  text_encoder: Encoder | None = None, text_dim: int = 64, p_uncond: float = 0.1,
                  cross_attention: bool = True, schedule: DDPMSchedule | None = None,
                  target: str | None = None):

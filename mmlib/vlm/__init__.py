@@ -20,7 +20,7 @@ from mmlib.vlm.connectors import (CONNECTORS, Connector, CrossAttentionConnector
                                   InstructionResampler, LinearConnector, MLPConnector, Resampler, make_connector)
 from mmlib.vlm.evaluation import (POPE_STRATEGIES, PROBE_SEED, accuracy_by_type, chair, describe,
                                   description_scores, majority_baseline, mentioned, ask_pope, pope_probes, pope_scores,
-                                  popular_pairs, vqa_accuracy)
+                                  popular_pairs, sampling_generator, vqa_accuracy)
 from mmlib.vlm.lora import LoRALinear, add_lora, merge_lora
 from mmlib.vlm.model import REGIONS, VisionLanguageModel, chat
 from mmlib.vlm.tuning import (describer_record, language_model, pretrain_language_model, pretrained_describer,
@@ -32,7 +32,7 @@ __all__ = ["CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequ
            "CONNECTORS", "Connector", "CrossAttentionConnector", "GatedCrossAttention", "InstructionResampler",
            "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",
            "accuracy_by_type", "chair", "describe", "description_scores", "majority_baseline", "mentioned", "ask_pope", "pope_probes",
-           "pope_scores", "popular_pairs", "vqa_accuracy", "LoRALinear", "add_lora", "merge_lora", "REGIONS", "VisionLanguageModel",
+           "pope_scores", "popular_pairs", "sampling_generator", "vqa_accuracy", "LoRALinear", "add_lora", "merge_lora", "REGIONS", "VisionLanguageModel",
            "chat", "describer_record", "language_model", "pretrain_language_model", "pretrained_describer",
            "text_data", "train_describer", "train_vision_language_model", "tune", "tuning_data",
            "vision_language_model"]

@@ -146,6 +146,12 @@ def describe(model, data: WorldDataset, **sampling) -> list[str]:
     return model.answer(images, data.texts, max_new=24, **sampling)
 
 
+def sampling_generator(model, seed: int = 0) -> torch.Generator:
+    """A random-number generator for sampled replies, on ``model``'s device and seeded: the same
+    samples on every run (chapter 7b seeds it with its recipe's seed)."""
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
 def popular_pairs(data: WorldDataset) -> list[tuple[str, str]]:
     """The colour-shape pairs of ``data``'s scenes, most frequent first: POPE's 'popular'
     negatives are drawn from the top of this list."""
@@ -167,5 +173,5 @@ def ask_pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[s
     return pope_scores(said, [a for _, a in probes])
 
 
-__all__ = ["accuracy_by_type", "vqa_accuracy", "describe", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
+__all__ = ["accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
            "description_scores", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]

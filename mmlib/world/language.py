@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mmlib.world.scenes import (ALL_SHAPES, COLORS, POSITIONS, SIZES, Scenes, _check_names,
+from mmlib.world.scenes import (ALL_SHAPES, COLORS, POSITIONS, SIZES, Scenes, check_names,
                                 position_index)
 
 SYNONYMS = {
@@ -161,7 +161,7 @@ def questions(scenes: Scenes, *, seed: int = 0, types: Iterable[str] = QUESTION_
               never one of ``exclude``)
     Use scenes drawn with ``distinct=True`` so that 'the square' names one object.
     """
-    types = _check_names(types, QUESTION_TYPES, "question type")
+    types = check_names(types, QUESTION_TYPES, "question type")
     exclude = set(exclude)
     rng = np.random.default_rng(seed)
     out = []
@@ -254,3 +254,7 @@ def parse_caption(text: str) -> list[dict]:
         objects[0]["relation"] = relation_holder.pop("relation")
     return objects
 
+
+__all__ = ["SYNONYMS", "WORD_TO_ATTRIBUTE", "DISTRACTORS", "NUMBER_WORDS", "ZH_COLORS", "ZH_SHAPES", "ZH_SIZES",
+           "ZH_POSITIONS", "ZH_NUMBERS", "position_phrase", "position_words", "captions", "relation",
+           "relation_caption", "QUESTION_TYPES", "questions", "chinese_captions", "parse_caption"]

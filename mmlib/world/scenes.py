@@ -60,7 +60,9 @@ POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom 
 RADIUS = {"small": 0.16, "large": 0.24}  # fraction of the image side
 
 
-def _check_names(given: Iterable[str], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+def check_names(given: Iterable[str], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``given`` names (one, or several) as a tuple, if each is one of ``allowed``; else a
+    ValueError naming the unknown ones and the ``what`` it expected."""
     given = tuple(given) if not isinstance(given, str) else (given,)
     unknown = [g for g in given if g not in allowed]
     if unknown:
@@ -185,13 +187,13 @@ def sample_scenes(n: int, n_objects: int | tuple[int, int] = 1, *, seed: int = 0
     lo, hi = (n_objects, n_objects) if isinstance(n_objects, (int, np.integer)) else tuple(n_objects)
     if not (1 <= lo <= hi <= 4):
         raise ValueError(f"n_objects must be from 1 to 4 (or a range inside it), got {n_objects!r}")
-    shapes = _check_names(shapes, ALL_SHAPES, "shape")
-    colors = _check_names(colors, COLORS, "colour")
-    sizes = _check_names(sizes, SIZES, "size")
+    shapes = check_names(shapes, ALL_SHAPES, "shape")
+    colors = check_names(colors, COLORS, "colour")
+    sizes = check_names(sizes, SIZES, "size")
     exclude = {tuple(p) for p in exclude}
     for c, s in exclude | set(only or ()):
-        _check_names((c,), COLORS, "colour")
-        _check_names((s,), ALL_SHAPES, "shape")
+        check_names((c,), COLORS, "colour")
+        check_names((s,), ALL_SHAPES, "shape")
     pairs = [(c, s) for c in colors for s in shapes if (c, s) not in exclude]
     if only is not None:
         only = {tuple(p) for p in only}
@@ -311,3 +313,7 @@ def render_images(scenes: Scenes, image_size: int = 32, domain: str = "clean", d
             image[rows_t] = torch.where(inside[:, None], color[:, :, None, None], patch)
     return image.to(dtype)
 
+
+__all__ = ["SHAPES", "NOVEL_SHAPES", "ALL_SHAPES", "COLORS", "SIZES", "DOMAINS", "COLOR_RGB", "PALETTE_RGB",
+           "POSITIONS", "RADIUS", "check_names", "Scenes", "PAIRS", "position_index", "position_word",
+           "default_held_out", "sample_scenes", "render_images"]

@@ -92,3 +92,6 @@ def render_sounds(scenes: Scenes, sample_rate: int = SAMPLE_RATE, duration: floa
         out.scatter_add_(1, index, tones)
     return out.clamp_(-1, 1)
 
+
+__all__ = ["PITCH_HZ", "TIMBRES", "LOUDNESS", "DURATION", "TONE_SECONDS", "tone_table",
+           "render_sounds"]
