@@ -141,13 +141,23 @@ def reference_time(chapter: str) -> str:
         f"about {seconds / 60:.1f} minutes"
 
 
+_TABLE_STYLE = [
+    {"selector": "", "props": "border-collapse: collapse; margin: 0.5em 0 1em;"},
+    {"selector": "th, td", "props": "padding: 0.25em 0.9em; border-bottom: 1px solid #ddd;"},
+    {"selector": "thead th", "props": "border-bottom: 2px solid #888; text-align: right;"},
+    {"selector": "th.row_heading, th.index_name", "props": "text-align: left;"},
+    {"selector": "td", "props": "text-align: right;"},
+]
+"""How every table of the book looks: thin rules between rows, a heavier one under the header."""
+
+
 def table(rows: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], digits: int = 3,
           index: str | None = None, formats: Mapping[str, str] | None = None):
     """A table as the notebook shows it (Jupyter, Colab and the built book render it as HTML):
     ``rows`` maps each row's label to its {column: value}, or is a list of such dicts (then
-    ``index`` names the column that labels the rows). Floats show ``digits`` decimals, whole
-    numbers a thousands separator; ``formats`` gives columns their own ({'seconds': '{:.1f}'}).
-    Returns a pandas ``Styler``; its ``.data`` is the DataFrame."""
+    ``index``, if given, names the column that labels the rows). Floats show ``digits``
+    decimals, whole numbers a thousands separator; ``formats`` gives columns their own
+    ({'seconds': '{:.1f}'}). Returns a pandas ``Styler``; its ``.data`` is the DataFrame."""
     import pandas as pd  # import on use: a chapter without tables never pays for pandas
 
     if isinstance(rows, Mapping):
@@ -158,6 +168,7 @@ def table(rows: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], d
             if index not in frame.columns:
                 raise ValueError(f"no column {index!r} to label the rows; the columns are {list(frame.columns)}")
             frame = frame.set_index(index)
+            frame.columns.name, frame.index.name = index, None  # one header row: the name in its corner
     if frame.empty:
         raise ValueError("a table needs at least one row with one column")
     unknown = [c for c in formats or {} if c not in frame.columns]
@@ -166,7 +177,7 @@ def table(rows: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]], d
     styled = frame.style.format(precision=digits, thousands=",", na_rep="–")
     for column, fmt in (formats or {}).items():
         styled = styled.format(fmt, subset=[column], na_rep="–")
-    return styled
+    return styled.set_table_styles(_TABLE_STYLE, overwrite=False)
 
 
 def _flat(value, prefix: str = "") -> dict[str, Any]:
