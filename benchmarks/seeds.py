@@ -1,7 +1,7 @@
 """Seed spread: rerun every comparison that the book ranks, over several seeds.
 
-    python benchmarks/seeds.py                  # every claim, seeds 0 1 2
-    python benchmarks/seeds.py transfer --seeds 0 1 2 3 4
+    python benchmarks/seeds.py                  # every claim, seeds 0 to 4
+    python benchmarks/seeds.py transfer --seeds 0 1 2 3 4 5 6 7
     python benchmarks/seeds.py --write          # also update mmlib/seed_spread.json
 
 A chapter runs one seed within its time budget; this benchmark reruns the same recipes with other
@@ -9,8 +9,9 @@ seeds (``dataclasses.replace(recipe, seed=s)``: the seed draws the data sample, 
 initialisation and the batches; the pretrained CLIP is the book's, fixed). Each claim is an entry
 of ``mmlib.claims.CLAIMS``: the recipes its chapter builds (seed 0 is the chapter's own run,
 ``tests/test_claims.py`` checks it) and the measurement that reads its numbers. The table gives
-mean +- standard deviation per row; a chapter states that A beats B only where the gap between
-their means exceeds the spread (``mmlib.claims.beats``), otherwise it says they tie. With
+mean +- standard deviation and the values per row; a chapter states that A beats B only where
+the 95 % confidence interval of the paired per-seed difference excludes 0, over at least five
+seeds (``mmlib.claims.beats``), otherwise it says they tie. With
 ``--write`` it is stored in ``mmlib/seed_spread.json``, which the chapters show beside their own
 run (``mmlib.claims.spread_table``).
 """
@@ -45,7 +46,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("claims", nargs="*", help=f"claims to rerun: some of {list(CLAIMS)} (default: all)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--write", action="store_true", help="update mmlib/seed_spread.json")
     args = parser.parse_args(argv)
     unknown = [c for c in args.claims if c not in CLAIMS]

@@ -5,7 +5,9 @@ run with other seeds; and what the chapters read back from that benchmark.
 ``CLAIMS[name]`` is a ``Claim``: the chapter, the recipes by the names the chapter gives them
 (seed 0: ``tests/test_claims.py`` checks each equals what the chapter builds) and
 ``measure(recipes) -> {row: number}``. The benchmark stores mean, standard deviation and values
-per row in ``mmlib/seed_spread.json``; ``seed_spread``, ``beats`` and ``spread_table`` read it.
+per row in ``mmlib/seed_spread.json``; ``seed_spread``, ``spread_table``, ``paired``, ``beats``
+and ``comparison_table`` read it. The book states that A beats B only when the 95 % confidence
+interval of the paired per-seed difference A - B, over at least five seeds, excludes 0.
 """
 
 from __future__ import annotations
@@ -190,12 +192,62 @@ def _rows(claim: str, names) -> dict[str, dict]:
     return rows
 
 
-def beats(claim: str, a: str, b: str) -> bool:
-    """Does ``a`` beat ``b`` beyond the seed spread? True when the mean of ``a`` over the
-    benchmark's seeds exceeds that of ``b`` by more than their two standard deviations together
-    (the book's rule for stating a ranking; otherwise the two tie)."""
+MIN_SEEDS = 5
+"""The fewest seeds a ranking may rest on."""
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042}
+"""Student's t, 97.5th percentile, by degrees of freedom (two-sided 95 %)."""
+
+
+def _t975(df: int) -> float:
+    return _T975.get(df) or _T975[max(k for k in _T975 if k <= df)] if df <= 30 else 1.96
+
+
+def paired(claim: str, a: str, b: str) -> dict[str, float]:
+    """Row ``a`` minus row ``b`` of a claim, seed by seed (the same seed trains both): the mean
+    difference, its standard deviation, the number of seeds and the 95 % confidence interval of
+    the mean (Student's t), as 'mean', 'std', 'seeds', 'low', 'high'."""
     rows = _rows(claim, (a, b))
-    return rows[a]["mean"] - rows[b]["mean"] > rows[a]["std"] + rows[b]["std"]
+    diffs = [x - y for x, y in zip(rows[a]["values"], rows[b]["values"])]
+    n = len(diffs)
+    if n < 2:
+        raise ValueError(f"a paired difference needs at least two seeds; {claim!r} has {n}")
+    mean = sum(diffs) / n
+    std = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = _t975(n - 1) * std / n ** 0.5
+    return {"mean": mean, "std": std, "seeds": n, "low": mean - half, "high": mean + half}
+
+
+def beats(claim: str, a: str, b: str) -> bool:
+    """Does ``a`` beat ``b``? The book's one rule for stating a ranking: over at least
+    ``MIN_SEEDS`` seeds of the benchmark, the 95 % confidence interval of the paired per-seed
+    difference a - b lies above 0. Otherwise the two tie (or ``b`` wins)."""
+    difference = paired(claim, a, b)
+    if difference["seeds"] < MIN_SEEDS:
+        raise ValueError(f"the {claim!r} spread has {difference['seeds']} seeds; a ranking needs {MIN_SEEDS}: "
+                         f"run python benchmarks/seeds.py {claim} --write")
+    return difference["low"] > 0
+
+
+def verdict(claim: str, a: str, b: str) -> str:
+    """'a beats b', 'b beats a' or 'tie', by ``beats``."""
+    return f"{a} beats {b}" if beats(claim, a, b) else f"{b} beats {a}" if beats(claim, b, a) else "tie"
+
+
+def comparison_table(claim: str, pairs, this_run: Mapping[str, float] | None = None):
+    """The rankings a chapter states, as the benchmark measured them: for each (a, b) of
+    ``pairs``, this run's difference (when ``this_run`` is given), the mean paired difference
+    over seeds with its 95 % interval, and the verdict of the book's rule."""
+    body = {}
+    for a, b in pairs:
+        d = paired(claim, a, b)
+        row = {} if this_run is None else {"this run": this_run[a] - this_run[b]}
+        row.update({"mean difference": d["mean"], "95 % interval": f"{d['low']:+.3f} to {d['high']:+.3f}",
+                    "seeds": d["seeds"], "verdict": verdict(claim, a, b)})
+        body[f"{a} − {b}"] = row
+    return table(body)
 
 
 def spread_table(claim: str, this_run: Mapping[str, float] | None = None, names=None):
@@ -211,4 +263,5 @@ def spread_table(claim: str, this_run: Mapping[str, float] | None = None, names=
     return table(body)
 
 
-__all__ = ["Claim", "CLAIMS", "seed_spread", "beats", "spread_table"]
+__all__ = ["Claim", "CLAIMS", "seed_spread", "MIN_SEEDS", "paired", "beats", "verdict", "comparison_table",
+           "spread_table"]
