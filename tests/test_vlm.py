@@ -310,6 +310,14 @@ def test_pope_probes_by_strategy():
     assert adversarial[1][0] in ("is there a red square ?", "is there a blue circle ?"), "a binding error"
     popular = pope_probes(scenes, "popular", popular=[("red", "circle"), ("green", "star")])
     assert popular[1] == ("is there a green star ?", "no"), "the most frequent absent pair"
+    ranked = [("red", "circle"), ("green", "star"), ("pink", "cross"), ("cyan", "ring"), ("blue", "star")]
+    many = scenes_of(*[[("red", "circle"), ("blue", "square")]] * 60)
+    asked = {q for q, a in pope_probes(many, "popular", popular=ranked) if a == "no"}
+    assert asked == {"is there a green star ?", "is there a pink cross ?", "is there a cyan ring ?"}, \
+        "drawn among the top 3 absent pairs"
+    from mmlib.vlm import crossed_share
+
+    assert crossed_share(scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")])) == 0.5
     random_no = pope_probes(scenes, "random")[1][0]
     assert random_no not in ("is there a red circle ?", "is there a blue square ?")
     with pytest.raises(ValueError, match="unknown POPE strategy"):
@@ -319,8 +327,12 @@ def test_pope_probes_by_strategy():
 def test_chair_counts_mentioned_objects_that_are_not_there():
     scenes = scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")])
     descriptions = ["two shapes : a small red circle and a small blue circle", "a large green star"]
-    assert chair(descriptions, scenes) == pytest.approx({"chair_i": 1 / 3, "chair_s": 0.5})
-    assert chair(["gibberish words", "a large green star"], scenes)["chair_s"] == 0.5
+    assert chair(descriptions, scenes) == pytest.approx({"chair_i": 1 / 3, "chair_s": 0.5, "unreadable": 0.0})
+    unreadable = chair(["gibberish words", "a large green star"], scenes)
+    assert unreadable == pytest.approx({"chair_i": 0.5, "chair_s": 0.5, "unreadable": 0.5})
+    repeated = ["a red circle , a red circle and a blue circle", "a green star"]  # each object once
+    assert chair(repeated, scenes)["chair_i"] == pytest.approx(1 / 3)
+    assert description_scores(repeated, scenes)["precision"] == pytest.approx(2 / 3), "the same counting"
 
 
 def test_description_scores_need_colour_and_shape_together():

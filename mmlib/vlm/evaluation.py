@@ -46,13 +46,19 @@ def majority_baseline(train: WorldDataset, test: WorldDataset) -> dict[str, floa
 POPE_STRATEGIES = ("random", "popular", "adversarial")
 
 
+POPULAR_TOP_K = 3
+"""POPE's 'popular' negatives come from the k most frequent absent objects (k = 3 in the paper)."""
+
+
 def pope_probes(scenes, strategy: str, seed: int = 0, popular: Sequence[tuple[str, str]] = ()
                 ) -> list[tuple[str, str]]:
     """Two yes/no probes per scene (Li et al. 2023): 'is there a {colour} {shape} ?' for an
     object in the scene (yes) and for an absent pair (no), drawn by ``strategy``:
-    'random' (any absent pair), 'popular' (the absent pair that comes first in ``popular``, the
-    pairs ranked by frequency in the training data) or 'adversarial' (a colour and a shape that
-    are both in the scene, but never together: a binding error; random if no such pair)."""
+    'random' (any absent pair), 'popular' (one of the ``POPULAR_TOP_K`` absent pairs that come
+    first in ``popular``, the pairs ranked by frequency in the training data) or 'adversarial'
+    (a colour and a shape that are both in the scene, but never together: a binding error;
+    random if no such pair, see ``crossed_share``). The 'yes' probes are the same for every
+    strategy with the same seed."""
     if strategy not in POPE_STRATEGIES:
         raise ValueError(f"unknown POPE strategy {strategy!r}: expected one of {POPE_STRATEGIES}")
     if strategy == "popular" and not popular:
@@ -63,16 +69,27 @@ def pope_probes(scenes, strategy: str, seed: int = 0, popular: Sequence[tuple[st
         objects = scenes.objects(i)
         present = {(o["color"], o["shape"]) for o in objects}
         yes = objects[rng.integers(len(objects))]
-        absent = [(c, s) for c in world.COLORS for s in scenes.shapes if (c, s) not in present]
-        crossed = [(a["color"], b["shape"]) for a in objects for b in objects if (a["color"], b["shape"]) not in present]
         if strategy == "popular":
-            no = next(p for p in popular if p not in present)
-        elif strategy == "adversarial" and crossed:
-            no = crossed[rng.integers(len(crossed))]
+            candidates = [p for p in popular if p not in present][:POPULAR_TOP_K]
+        elif strategy == "adversarial" and _crossed(objects):
+            candidates = _crossed(objects)
         else:
-            no = absent[rng.integers(len(absent))]
+            candidates = [(c, s) for c in world.COLORS for s in scenes.shapes if (c, s) not in present]
+        no = candidates[rng.integers(len(candidates))]
         probes += [(f"is there a {yes['color']} {yes['shape']} ?", "yes"), (f"is there a {no[0]} {no[1]} ?", "no")]
     return probes
+
+
+def _crossed(objects) -> list[tuple[str, str]]:
+    present = {(o["color"], o["shape"]) for o in objects}
+    return [(a["color"], b["shape"]) for a in objects for b in objects if (a["color"], b["shape"]) not in present]
+
+
+def crossed_share(scenes) -> float:
+    """The share of scenes whose adversarial POPE negative is a true binding error (a colour
+    and a shape of the scene, never together); the rest, one-object scenes among them, fall
+    back to a random absent pair."""
+    return float(np.mean([bool(_crossed(scenes.objects(i))) for i in range(len(scenes))]))
 
 
 def pope_scores(replies: Sequence[str], truths: Sequence[str]) -> dict[str, float]:
@@ -116,21 +133,24 @@ def description_scores(descriptions: Sequence[str], scenes) -> dict[str, float]:
 
 def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     """CHAIR (Rohrbach et al. 2018) for descriptions of scenes: CHAIR_i, the share of mentioned
-    objects (colour and shape) that are not in the scene; CHAIR_s, the share of descriptions
-    with at least one such object. A description that names no object the parser can read
-    counts as one hallucination."""
+    objects (colour and shape; each counted once per description, as ``description_scores``
+    counts them) that are not in the scene; CHAIR_s, the share of descriptions with at least one
+    such object. A description that names no object the parser can read counts as one
+    hallucination; 'unreadable' is the share of such descriptions."""
     if len(descriptions) != len(scenes):
         raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
-    named = hallucinated = bad = 0
+    named = hallucinated = bad = unreadable = 0
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
-        said = mentioned(text) or [(None, None)]  # nothing readable: counted as one made-up object
+        said = set(mentioned(text))
+        unreadable += not said
+        said = said or {(None, None)}  # nothing readable: counted as one made-up object
         wrong = sum(pair not in present for pair in said)
         named += len(said)
         hallucinated += wrong
         bad += wrong > 0
-    return {"chair_i": hallucinated / max(named, 1), "chair_s": bad / len(descriptions)}
-
+    return {"chair_i": hallucinated / max(named, 1), "chair_s": bad / len(descriptions),
+            "unreadable": unreadable / len(descriptions)}
 
 
 def vqa_accuracy(model, data: WorldDataset, **sampling) -> dict[str, float]:
@@ -173,5 +193,22 @@ def ask_pope(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[s
     return pope_scores(said, [a for _, a in probes])
 
 
-__all__ = ["accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
+def pope_by_pair(model, data: WorldDataset, strategy: str, popular: Sequence[tuple[str, str]] = (),
+                 held_out=world.default_held_out(), **sampling) -> dict[str, dict[str, float]]:
+    """``ask_pope``'s probes scored apart: those that name a pair of ``held_out`` (never seen in
+    training) and those that name a seen pair; 'probes' counts each part."""
+    probes = pope_probes(data.scenes, strategy, seed=PROBE_SEED, popular=popular)
+    scene_of = torch.arange(len(probes)) // 2
+    said = model.answer(data.float_images()[scene_of], [q for q, _ in probes], **sampling)
+    unseen = [tuple(q.split()[3:5]) in held_out for q, _ in probes]  # 'is there a red square ?'
+    out = {}
+    for name, part in (("seen pairs", False), ("held-out pairs", True)):
+        rows = [i for i, u in enumerate(unseen) if u == part]
+        if rows:
+            out[name] = {**pope_scores([said[i] for i in rows], [probes[i][1] for i in rows]),
+                         "probes": len(rows)}
+    return out
+
+
+__all__ = ["POPULAR_TOP_K", "crossed_share", "pope_by_pair", "accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
            "description_scores", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]
