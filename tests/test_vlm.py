@@ -445,3 +445,40 @@ def test_train_describer_keeps_clips_tower_frozen_and_the_callers_randomness():
         assert all(torch.equal(a, b) for a, b in zip(tower.parameters(), before))
     again = train_describer(recipe, clip=clip, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters())), "deterministic"
+
+
+def test_cross_attention_reads_cached_keys_and_values_while_generating():
+    """Without gradients the block projects the image's keys and values once and reuses them: the
+    same function as nn.MultiheadAttention, for a context of one image or of a batch."""
+    from mmlib.vlm import GatedCrossAttention
+
+    torch.manual_seed(0)
+    block = GatedCrossAttention(32, heads=4)
+    nn.init.constant_(block.attn_gate, 1.0)
+    x = torch.randn(3, 5, 32)
+    for context in (torch.randn(1, 10, 32), torch.randn(3, 10, 32)):
+        block.context = context
+        trained = block(x)  # with gradients: nn.MultiheadAttention
+        with torch.no_grad():
+            generated = block(x)
+            first = block.keys_values()
+            block(x[:, :1])
+            assert block.keys_values() is first, "projected once per image"
+        assert torch.allclose(trained, generated, atol=1e-5)
+    block.context = torch.randn(1, 10, 32)
+    with torch.no_grad():
+        assert block.keys_values() is not first, "a new image, new keys and values"
+
+
+def test_answer_cost_counts_parameters_and_arithmetic(tok):
+    from mmlib.freezing import count_trainable
+    from mmlib.vlm import answer_cost
+
+    model = small_vlm(tok, "mlp")
+    data = instruction_data(16, seed=2, tokenizer=tok)
+    cost = answer_cost(model, data, n=8, max_new=3)
+    assert cost["trainable"] == count_trainable(model) > 0
+    assert cost["FLOPs per answer"] > 2 * cost["trainable"], "at least one multiply-add per weight and word"
+    assert cost["prefill ms"] > 0 and cost["words/s after the first"] >= 0
+    with pytest.raises(ValueError, match="number of questions"):
+        answer_cost(model, data, n=99)

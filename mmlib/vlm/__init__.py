@@ -18,8 +18,8 @@ from mmlib.vlm.chat import (CHAT_TOKENS, DESCRIBE, QUESTION_KINDS, TEST_SIZES, c
                             description_data, descriptions_of, instruction_data, mix, question_type, test_sets)
 from mmlib.vlm.connectors import (CONNECTORS, Connector, CrossAttentionConnector, GatedCrossAttention,
                                   InstructionResampler, LinearConnector, MLPConnector, Resampler, make_connector)
-from mmlib.vlm.evaluation import (POPE_STRATEGIES, POPULAR_TOP_K, PROBE_SEED, accuracy_by_type, chair, crossed_share,
-                                  describe, pope_by_pair,
+from mmlib.vlm.evaluation import (POPE_STRATEGIES, POPULAR_TOP_K, PROBE_SEED, accuracy_by_type, answer_cost, chair,
+                                  crossed_share, describe, pope_by_pair,
                                   description_scores, majority_baseline, mentioned, ask_pope, pope_probes, pope_scores,
                                   popular_pairs, sampling_generator, vqa_accuracy)
 from mmlib.vlm.lora import LoRALinear, add_lora, merge_lora
@@ -28,7 +28,7 @@ from mmlib.vlm.tuning import (describer_record, language_model, pretrain_languag
                               text_data, train_describer, train_vision_language_model, tune, tuning_data,
                               vision_language_model)
 
-__all__ = ["POPULAR_TOP_K", "crossed_share", "pope_by_pair", "CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
+__all__ = ["answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
            "description_data", "descriptions_of", "instruction_data", "mix", "question_type", "test_sets",
            "CONNECTORS", "Connector", "CrossAttentionConnector", "GatedCrossAttention", "InstructionResampler",
            "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",

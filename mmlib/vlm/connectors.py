@@ -72,10 +72,12 @@ class MLPConnector(LinearConnector):
 
 
 class Resampler(Connector):
-    """Perceiver resampler / Q-Former in one layer: ``m`` learned queries cross-attend to the
-    regions (with learned positions), so the LM sees ``m`` tokens however large the grid."""
+    """The resampler's idea at its smallest: ``m`` learned queries read the regions (with learned
+    positions) through one single-head attention and an MLP, so the LM sees ``m`` tokens however
+    large the grid. Flamingo's Perceiver resampler and BLIP-2's Q-Former stack several layers of
+    multi-head attention, with self-attention among the queries; this one has none of that."""
 
-    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64, heads: int = 4):
+    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64):
         super().__init__(image_dim, dim)
         self.m = m
         self.queries = nn.Parameter(torch.randn(m, dim) * 0.1)
@@ -102,15 +104,17 @@ class Resampler(Connector):
 
 
 class InstructionResampler(Resampler):
-    """InstructBLIP's idea in one layer: the queries are the instruction (through an MLP), varied
-    by ``m`` learned multipliers, so they look for what the question asks about. Each token holds
+    """The book's own design, inspired by InstructBLIP: the queries are built from the
+    instruction (its mean word embedding through an MLP, varied by ``m`` learned multipliers), so
+    they look for what the question asks about. (InstructBLIP keeps learned queries and lets the
+    instruction's tokens meet them in the Q-Former's self-attention.) Each token holds
     what a query read, its product with the query (how well it matched) and the best match
     score, plus the mean of all regions (for counting)."""
 
     uses_instruction = True
 
-    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64, heads: int = 4):
-        super().__init__(image_dim, dim, m, regions, heads)
+    def __init__(self, image_dim: int, dim: int, m: int = 4, regions: int = 64):
+        super().__init__(image_dim, dim, m, regions)
         self.ask = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.whole = nn.Linear(image_dim, dim)
         self.out = nn.Sequential(nn.Linear(3 * dim + 1, dim), nn.GELU(), nn.Linear(dim, dim))
@@ -131,7 +135,11 @@ class InstructionResampler(Resampler):
 class GatedCrossAttention(nn.Module):
     """Flamingo's gated cross-attention block, run before an LM block: the text attends to the
     image regions, y = x + tanh(a) * attn(x, regions), then y + tanh(b) * mlp(y). The gates a, b
-    start at 0: at initialisation the block is the identity and the LM unchanged."""
+    start at 0: at initialisation the block is the identity and the LM unchanged.
+
+    While generating (no gradients), the keys and values of the image regions are projected once
+    per image and kept, as a key-value cache keeps the text's: each new word only projects its
+    query. Training projects them in every step, as it must."""
 
     def __init__(self, dim: int, heads: int = 4):
         super().__init__()
@@ -141,11 +149,41 @@ class GatedCrossAttention(nn.Module):
         self.attn_gate, self.mlp_gate = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
         self.context: torch.Tensor | None = None
 
+    @property
+    def context(self) -> torch.Tensor | None:
+        """The image's region features (B or 1, N, D) the text attends to."""
+        return self._context
+
+    @context.setter
+    def context(self, value: torch.Tensor | None) -> None:
+        self._context, self._keys_values = value, None  # a new image: its keys and values anew
+
+    def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's keys and values per head, (B, heads, N, head_dim) each, projected once."""
+        if self._keys_values is None:
+            d, h = self.attn.embed_dim, self.attn.num_heads
+            w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+            heads = [F.linear(self.context, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i in (1, 2)]
+            self._keys_values = tuple(t.unflatten(-1, (h, d // h)).transpose(1, 2) for t in heads)
+        return self._keys_values
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """attn(x, regions), from the cached keys and values (the same function as ``self.attn``)."""
+        d, h = self.attn.embed_dim, self.attn.num_heads
+        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+        q = F.linear(x, w[:d], b[:d]).unflatten(-1, (h, d // h)).transpose(1, 2)
+        k, v = (t.expand(len(x), -1, -1, -1) for t in self.keys_values())
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.attn.out_proj(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.context is None:
             raise ValueError("set the image context first (VisionLanguageModel does)")
-        context = self.context.expand(len(x), -1, -1) if len(self.context) == 1 else self.context
-        y, _ = self.attn(self.norm1(x), context, context, need_weights=False)
+        if torch.is_grad_enabled():
+            context = self.context.expand(len(x), -1, -1) if len(self.context) == 1 else self.context
+            y, _ = self.attn(self.norm1(x), context, context, need_weights=False)
+        else:
+            y = self.read(self.norm1(x))
         x = x + torch.tanh(self.attn_gate) * y
         return x + torch.tanh(self.mlp_gate) * self.mlp(self.norm2(x))
 

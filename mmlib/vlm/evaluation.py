@@ -6,6 +6,7 @@ by object F1 and CHAIR.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Sequence
 
@@ -14,6 +15,7 @@ import torch
 
 from mmlib import world
 from mmlib.data import ANSWERS, WorldDataset
+from mmlib.freezing import count_trainable
 
 def accuracy_by_type(replies: Sequence[str], data: WorldDataset) -> dict[str, float]:
     """Exact-match accuracy of ``replies`` to ``data``'s questions, overall and per type."""
@@ -172,6 +174,29 @@ def sampling_generator(model, seed: int = 0) -> torch.Generator:
     return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
 
+def answer_cost(model, data: WorldDataset, n: int = 256, max_new: int = 12) -> dict[str, float]:
+    """What answering ``n`` of ``data``'s questions costs ``model``: its trainable parameters,
+    the arithmetic per answer (FLOPs, counted by ``torch.utils.flop_counter``), the time of the
+    prefill (the image and the question read, the first word written) per question, and the
+    speed of every further word (words per second, with the key-value cache)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not 0 < n <= len(data):
+        raise ValueError(f"n is a number of questions from 1 to {len(data)}, got {n}")
+    images, texts = data.float_images()[:n], data.texts[:n]
+    with FlopCounterMode(display=False) as counter:
+        model.answer(images, texts, max_new=max_new)
+    start = time.perf_counter()
+    model.answer(images, texts, max_new=1)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    said = model.answer(images, texts, max_new=max_new)
+    whole = time.perf_counter() - start
+    words = sum(len(model.tokenizer.encode(s)) + 1 for s in said)  # each answer ends with <eos>
+    return {"trainable": count_trainable(model), "FLOPs per answer": counter.get_total_flops() / n,
+            "prefill ms": 1e3 * first / n, "words/s after the first": (words - n) / max(whole - first, 1e-9)}
+
+
 def popular_pairs(data: WorldDataset) -> list[tuple[str, str]]:
     """The colour-shape pairs of ``data``'s scenes, most frequent first: POPE's 'popular'
     negatives are drawn from the top of this list."""
@@ -210,5 +235,5 @@ def pope_by_pair(model, data: WorldDataset, strategy: str, popular: Sequence[tup
     return out
 
 
-__all__ = ["POPULAR_TOP_K", "crossed_share", "pope_by_pair", "accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
+__all__ = ["answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
            "description_scores", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]

@@ -1,0 +1,95 @@
+"""An exact reader of generated pictures, by analysis by synthesis (chapter 8 audits its judge
+with it): every one-object scene the world can draw (each colour, shape and size, at positions
+on a fine grid) is rendered once; a picture is read as the rendering nearest to it, refined on
+finer grids around the first guess, and as two objects when a second rendering, added on the
+background, explains the picture clearly better than one.
+
+It needs no training and makes no choice per colour, so it can see what the judge cannot (two
+objects of one colour); it is slow (every picture is compared with thousands of renderings) and
+assumes the world's clean renders: it is an auditor, not a replacement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmlib import world
+from mmlib.data import render_uint8
+from mmlib.generate.prompts import IMAGE_SIZE
+
+
+def _render(color, shape, size, x, y, image_size: int) -> torch.Tensor:
+    """One-object clean renders (n, 3 * size * size) in [0, 1] of the given attributes."""
+    n = len(color)
+    column = [np.asarray(v)[:, None] for v in (shape, color, size, x, y)]
+    scenes = world.Scenes(*column, np.ones(n, int), np.zeros((n, 3)), world.SHAPES)
+    return render_uint8(scenes, image_size, "clean").float().div(255).flatten(1)
+
+
+class ExactReader:
+    """Reads pictures as ``Judge.read`` does ('pairs', 'objects', and the colour, shape, size
+    and position of the first object), by search: ``grid`` x ``grid`` centres per size for the
+    first guess, then two rounds of ``fine`` x ``fine`` centres around it."""
+
+    def __init__(self, image_size: int = IMAGE_SIZE, grid: int = 16, fine: int = 5):
+        if grid < 2 or fine < 2:
+            raise ValueError(f"need grid >= 2 and fine >= 2 positions, got {grid} and {fine}")
+        axes = [np.arange(len(world.COLORS)), np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)),
+                np.arange(grid), np.arange(grid)]
+        color, shape, size, gx, gy = (a.reshape(-1) for a in np.meshgrid(*axes, indexing="ij"))
+        self.radius = np.array([world.RADIUS[name] for name in world.SIZES])
+        r = self.radius[size]
+        self.candidates = {"color": color, "x": r + gx / (grid - 1) * (1 - 2 * r),
+                           "y": r + gy / (grid - 1) * (1 - 2 * r)}
+        self.images = _render(color, shape, size, self.candidates["x"], self.candidates["y"], image_size)
+        self.norms = (self.images ** 2).sum(1)
+        empty = world.Scenes(shape[:1, None], color[:1, None], size[:1, None], r[:1, None], r[:1, None],
+                             np.zeros(1, int), np.zeros((1, 3)), world.SHAPES)
+        self.background = render_uint8(empty, image_size, "clean").float().div(255).flatten(1)[0]
+        self.smallest_object = ((self.images - self.background) ** 2).sum(1).min().item()
+        self.image_size, self.step, self.fine = image_size, 1 / (grid - 1), fine
+
+    def _nearest(self, x: torch.Tensor) -> list[tuple]:
+        """For each flattened picture: (colour, shape, size, x, y, rendering) of the nearest
+        one-object rendering."""
+        coarse = ((x ** 2).sum(1, keepdim=True) - 2 * x @ self.images.T + self.norms[None]).argmin(1)
+        shapes, sizes, found = np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)), []
+        for i, k in enumerate(coarse.tolist()):
+            color, cx, cy = self.candidates["color"][k], self.candidates["x"][k], self.candidates["y"][k]
+            span = 1.5 * self.step
+            for _ in range(2):  # every shape and size of that colour, at finer and finer centres
+                offsets = (np.arange(self.fine) - (self.fine - 1) / 2) / (self.fine - 1) * span
+                s, z, ox, oy = (a.reshape(-1) for a in np.meshgrid(shapes, sizes, offsets, offsets, indexing="ij"))
+                r = self.radius[z]
+                xs, ys = np.clip(cx + ox, r, 1 - r), np.clip(cy + oy, r, 1 - r)
+                drawn = _render(np.full(len(s), color), s, z, xs, ys, self.image_size)
+                j = int(((drawn - x[i]) ** 2).sum(1).argmin())
+                cx, cy, span = xs[j], ys[j], span * 1.5 / (self.fine - 1)
+            found.append((int(color), int(s[j]), int(z[j]), float(cx), float(cy), drawn[j]))
+        return found
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the images show, as ``Judge.read`` returns it."""
+        if images.dim() != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"the exact reader reads images of shape (B, 3, {self.image_size}, "
+                             f"{self.image_size}), got {tuple(images.shape)}")
+        x = images.detach().float().cpu().flatten(1)
+        first = self._nearest(x)
+        one = torch.stack([f[5] for f in first])
+        second = self._nearest(x - one + self.background)  # the picture with the first object taken out
+        both = one + torch.stack([s[5] for s in second]) - self.background
+        gain = ((x - one) ** 2).sum(1) - ((x - both) ** 2).sum(1)
+        two = gain > 0.5 * self.smallest_object  # a second object explains at least half a small one
+        pairs = torch.zeros(len(x), len(world.PAIRS), dtype=torch.bool)
+        for i in range(len(x)):
+            for f in (first[i], second[i]) if two[i] else (first[i],):
+                pairs[i, f[0] * len(world.SHAPES) + f[1]] = True
+        where = [world.POSITIONS.index(world.position_word(f[3], f[4])) for f in first]
+        return {"pairs": pairs, "objects": 1 + two.long(), "color": torch.tensor([f[0] for f in first]),
+                "shape": torch.tensor([f[1] for f in first]), "size": torch.tensor([f[2] for f in first]),
+                "position": torch.tensor(where)}
+
+
+__all__ = ["ExactReader"]
