@@ -197,11 +197,14 @@ class VisionLanguageRecipe:
     ``connector`` (``mmlib.vlm.CONNECTORS``, with ``connector_options``) -> the language model
     pretrained by ``lm``, tuned for ``steps`` on ``questions`` visual questions and
     ``descriptions`` descriptions. ``lora_rank`` > 0 tunes low-rank adapters instead of the
-    LM's weights (chapter 7b)."""
+    LM's weights, scaled by ``lora_alpha`` / rank; ``lora_positions`` lets the LM's position
+    embeddings learn beside them (chapter 7b)."""
 
     connector: str = "instruction"
     connector_options: Mapping = field(default_factory=lambda: {"m": 4})
     lora_rank: int = 0
+    lora_alpha: float = 8.0
+    lora_positions: bool = False
     questions: int = 20_000
     descriptions: int = 0
     steps: int = 800

@@ -482,3 +482,19 @@ def test_answer_cost_counts_parameters_and_arithmetic(tok):
     assert cost["prefill ms"] > 0 and cost["words/s after the first"] >= 0
     with pytest.raises(ValueError, match="number of questions"):
         answer_cost(model, data, n=99)
+
+
+def test_lora_recipes_set_the_scale_and_may_free_the_positions():
+    import dataclasses
+
+    from mmlib.pretrain import image_tower
+    from mmlib.recipes import DESCRIBER_LORA
+    from mmlib.vlm import language_model, vision_language_model
+
+    lm = language_model(DESCRIBER_LORA)
+    plain = vision_language_model(DESCRIBER_LORA, image_tower(), lm)
+    assert not plain.lm.positions.requires_grad and plain.lm.blocks[0].attn.qkv.scale == 8.0 / 4
+    freed = vision_language_model(dataclasses.replace(DESCRIBER_LORA, lora_positions=True, lora_alpha=16.0),
+                                  image_tower(), lm)
+    assert freed.lm.positions.requires_grad and freed.lm.blocks[0].attn.qkv.scale == 16.0 / 4
+    assert not freed.lm.tokens.weight.requires_grad, "the rest of the LM stays frozen"

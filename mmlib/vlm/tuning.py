@@ -80,7 +80,8 @@ def vision_language_model(recipe: VisionLanguageRecipe, vision: nn.Module, lm: L
         connector = make_connector(recipe.connector, vision.dim, lm.dim, **recipe.connector_options)
         lm = copy.deepcopy(lm)
         if recipe.lora_rank:
-            add_lora(lm, r=recipe.lora_rank)
+            add_lora(lm, r=recipe.lora_rank, alpha=recipe.lora_alpha)
+            lm.positions.requires_grad_(recipe.lora_positions)
     return VisionLanguageModel(copy.deepcopy(vision), connector, lm, chat_tokenizer())
 
 
