@@ -121,6 +121,10 @@ STATED = {
     "normalisation": {"beats": [("fine_tune, batch stats", "fine_tune, pretrained stats"),
                                 ("lp_ft, pretrained stats", "fine_tune, batch stats")], "ties": []},
     "lit": {"beats": [("unlocked", "locked"), ("locked", "scratch")], "ties": []},
+    "vlm": {"beats": [("with the image", "blind"), ("with the image", "held-out pairs"),
+                      ("POPE random, accuracy", "POPE adversarial, accuracy")], "ties": []},
+    "describe": {"beats": [("object F1, full", "object F1, lora"), ("CHAIR_i, T = 1.5", "CHAIR_i, T = 0.0")],
+                 "ties": []},
 }
 
 
