@@ -125,6 +125,11 @@ STATED = {
                       ("POPE random, accuracy", "POPE adversarial, accuracy")], "ties": []},
     "describe": {"beats": [("object F1, full", "object F1, lora"), ("CHAIR_i, T = 1.5", "CHAIR_i, T = 0.0")],
                  "ties": []},
+    "connectors": {"beats": [(f"{a}, overall", f"{b}, overall") for a, b in (
+                       ("instruction", "resampler"), ("linear", "resampler"), ("mlp", "resampler"),
+                       ("instruction", "linear"), ("instruction", "mlp"), ("cross_attention", "resampler"))],
+                   "ties": [(f"{a}, overall", f"{b}, overall") for a, b in (
+                       ("linear", "mlp"), ("instruction", "cross_attention"), ("cross_attention", "linear"))]},
 }
 
 
