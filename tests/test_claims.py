@@ -130,6 +130,11 @@ STATED = {
                        ("instruction", "linear"), ("instruction", "mlp"), ("cross_attention", "resampler"))],
                    "ties": [(f"{a}, overall", f"{b}, overall") for a, b in (
                        ("linear", "mlp"), ("instruction", "cross_attention"), ("cross_attention", "linear"))]},
+    "generation": {"beats": [("faithfulness, w = 5", "faithfulness, w = 1"), ("diversity, w = 1", "diversity, w = 5"),
+                             ("seen pairs", "two objects"), ("seen pairs", "held-out pairs"),
+                             ("read as asked: judge", "read as asked: describer"),
+                             ("read as asked: judge", "read as asked: CLIP")],
+                   "ties": [("read as asked: describer", "read as asked: CLIP")]},
 }
 
 
