@@ -387,3 +387,42 @@ def test_the_exact_reader_reads_fresh_renders():
     assert min(scores[k] for k in ("color", "shape", "size", "position", "pairs")) >= 0.97, scores
     with pytest.raises(ValueError, match="exact reader reads images"):
         reader.read(torch.zeros(2, 3, 32, 32))
+
+
+def test_faithful_each_scores_each_image_as_faithfulness_averages():
+    texts = ["a red circle", "a red circle and a blue square", "a blue star"]
+    reader = _Judge([{("red", "circle")}, {("red", "circle")}, {("blue", "star")}])
+    reader.read = _with_attributes(reader.read, color="blue", shape="star")
+    right, per = G.faithful_each(reader, torch.zeros(3, 3, 16, 16), texts)
+    assert right.tolist() == [False, False, True], "the lone red circle was read as a blue star"
+    assert per["color"] == [False, True] and per["shape"] == [False, True]
+    assert G.faithfulness(reader, torch.zeros(3, 3, 16, 16), texts)["faithful"] == pytest.approx(1 / 3)
+
+
+def _with_attributes(read, color, shape):
+    def wrapped(images):
+        out = read(images)
+        n = len(images)
+        out.update(color=torch.full((n,), world.COLORS.index(color)),
+                   shape=torch.full((n,), world.SHAPES.index(shape)),
+                   size=torch.zeros(n, dtype=torch.long), position=torch.zeros(n, dtype=torch.long))
+        return out
+    return wrapped
+
+
+def test_degraded_blurs_keeps_flat_regions_and_noises_reproducibly():
+    from mmlib.generate.exact import degraded
+
+    images = torch.zeros(2, 3, 16, 16)
+    images[:, :, 4:12, 4:12] = 1.0
+    blurred = degraded(images, blur=0.8)
+    assert torch.allclose(blurred[:, :, 7, 7], torch.ones(2, 3)), "the middle of a flat square stays"
+    assert 0 < blurred[0, 0, 4, 3] < 1, "an edge is smeared"
+    assert torch.equal(degraded(images), images), "no blur, no noise: unchanged"
+    noisy = degraded(images, noise=0.1, seed=3)
+    assert torch.equal(noisy, degraded(images, noise=0.1, seed=3)) and not torch.equal(noisy, images)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    with pytest.raises(ValueError, match=">= 0"):
+        degraded(images, blur=-1)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        degraded(images[0])

@@ -479,9 +479,29 @@ def test_answer_cost_counts_parameters_and_arithmetic(tok):
     cost = answer_cost(model, data, n=8, max_new=3)
     assert cost["trainable"] == count_trainable(model) > 0
     assert cost["FLOPs per answer"] > 2 * cost["trainable"], "at least one multiply-add per weight and word"
-    assert cost["prefill ms"] > 0 and cost["words/s after the first"] >= 0
+    assert cost["prefill ms"] > 0 and cost["words/s after the first"] > 0
     with pytest.raises(ValueError, match="number of questions"):
         answer_cost(model, data, n=99)
+    with pytest.raises(ValueError, match="max_new >= 2"):
+        answer_cost(model, data, n=8, max_new=1)
+
+
+def test_answer_can_run_past_the_end(tok, monkeypatch):
+    model = small_vlm(tok, "mlp")
+    data = instruction_data(4, seed=2, tokenizer=tok)
+    images, calls = data.float_images(), []
+    generate = model.lm.generate
+
+    def spy(*args, **kwargs):
+        new, logits = generate(*args, **kwargs)
+        calls.append((kwargs["eos_id"], new.shape[1]))
+        return new, logits
+    monkeypatch.setattr(model.lm, "generate", spy)
+    stopped = model.answer(images, data.texts, max_new=20)
+    assert {eos for eos, _ in calls} == {tok.eos_id}, "replies stop at <eos>"
+    calls.clear()
+    assert model.answer(images, data.texts, max_new=20, stop=False) == stopped, "same replies"
+    assert set(calls) == {(None, 20)}, "every batch ran to max_new"
 
 
 def test_lora_recipes_set_the_scale_and_may_free_the_positions():

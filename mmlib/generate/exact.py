@@ -27,6 +27,28 @@ def _render(color, shape, size, x, y, image_size: int) -> torch.Tensor:
     return render_uint8(scenes, image_size, "clean").float().div(255).flatten(1)
 
 
+def degraded(images: torch.Tensor, *, blur: float = 0.0, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """``images`` (B, 3, H, W) in [0, 1] blurred by a Gaussian of standard deviation ``blur``
+    pixels (a 5 x 5 kernel), then given Gaussian noise of standard deviation ``noise`` (drawn
+    from ``seed``), clipped to [0, 1]: how a reader copes with pictures less clean than renders."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images are (B, 3, H, W), got {tuple(images.shape)}")
+    if blur < 0 or noise < 0:
+        raise ValueError(f"blur and noise are standard deviations >= 0, got {blur} and {noise}")
+    out = images.float()
+    if blur > 0:
+        k = torch.arange(-2, 3, dtype=out.dtype)
+        g = torch.exp(-k ** 2 / (2 * blur ** 2))
+        g = g / g.sum()
+        kernel = (g[:, None] * g[None]).expand(3, 1, 5, 5).to(out.device)
+        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, (2, 2, 2, 2), mode="replicate"), kernel,
+                                         groups=3)
+    if noise > 0:
+        gen = torch.Generator().manual_seed(seed)
+        out = out + noise * torch.randn(out.shape, generator=gen).to(out.device)
+    return out.clamp(0, 1)
+
+
 class ExactReader:
     """Reads pictures as ``Judge.read`` does ('pairs', 'objects', and the colour, shape, size
     and position of the first object), by search: ``grid`` x ``grid`` centres per size for the
@@ -92,4 +114,4 @@ class ExactReader:
                 "position": torch.tensor(where)}
 
 
-__all__ = ["ExactReader"]
+__all__ = ["ExactReader", "degraded"]

@@ -113,13 +113,14 @@ def judge_accuracy(judge: Judge, data: WorldDataset) -> dict[str, float]:
     return scores
 
 
-def faithfulness(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
-    """How often images show what their prompts ask for, read by the judge: 'faithful' (every
-    asked attribute right and nothing else drawn: the set of colour-shape pairs must equal the
-    prompt's), and the accuracy of each asked attribute of one-object prompts."""
+def faithful_each(reader, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """Per image, whether it shows what its prompt asks for, read by ``reader`` (the judge, or
+    anything with its ``read``): every asked attribute right and nothing else drawn (the set of
+    colour-shape pairs must equal the prompt's). Also, per attribute, whether each asked
+    attribute of a one-object prompt was read as asked (lists of booleans)."""
     if len(images) != len(texts) or not len(texts):
         raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
-    read = {k: v.cpu() for k, v in judge.read(images).items()}
+    read = {k: v.cpu() for k, v in reader.read(images).items()}
     asked = [parse_prompt(t) for t in texts]
     right, per = [], {"color": [], "shape": [], "size": [], "position": []}
     for i, objects in enumerate(asked):
@@ -136,7 +137,14 @@ def faithfulness(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> di
                     per[name].append(got[name] == o[name])
                     ok &= got[name] == o[name]
         right.append(ok)
-    scores = {"faithful": float(np.mean(right))}
+    return torch.tensor(right), per
+
+
+def faithfulness(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
+    """How often images show what their prompts ask for, read by the judge (``faithful_each``):
+    'faithful', and the accuracy of each asked attribute of one-object prompts."""
+    right, per = faithful_each(judge, images, texts)
+    scores = {"faithful": right.float().mean().item()}
     scores.update({name: float(np.mean(v)) for name, v in per.items() if v})
     return scores
 
@@ -198,5 +206,5 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe(), *, device=None, progress: b
     return judge.eval(), history
 
 
-__all__ = ["judge_data", "Judge", "judge_accuracy", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
+__all__ = ["judge_data", "Judge", "judge_accuracy", "faithful_each", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
            "judge_test_data", "judged_as_asked", "train_judge"]

@@ -105,9 +105,10 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def answer(self, images: torch.Tensor | None, questions: Sequence[str], max_new: int = 12,
-               batch_size: int = 256, **sampling) -> list[str]:
+               batch_size: int = 256, stop: bool = True, **sampling) -> list[str]:
         """Generated replies to ``questions`` about ``images`` (greedy unless ``temperature``).
-        Prompts of equal length are generated together."""
+        Prompts of equal length are generated together. With ``stop=False`` every reply runs to
+        ``max_new`` tokens, past its end (to time generation at a fixed length)."""
         was_training = self.training
         self.eval()
         device = next(self.lm.parameters()).device
@@ -120,7 +121,7 @@ class VisionLanguageModel(nn.Module):
                 tokens = prompts[part, :length].to(device)
                 visual = self.prefix(None if images is None else images[part].to(device), tokens)
                 new, _ = self.lm.generate(tokens, max_new, prefix=visual, adapters=self.adapters(),
-                                          eos_id=self.tokenizer.eos_id, **sampling)
+                                          eos_id=self.tokenizer.eos_id if stop else None, **sampling)
                 for r, ids in zip(part.tolist(), new.tolist()):
                     ids = ids[:ids.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in ids else ids
                     replies[r] = self.tokenizer.decode(ids)
