@@ -120,11 +120,15 @@ def _describe(r):
 def _connectors(r):
     from mmlib import vlm as V
 
-    comparison, test, data, out = r["recipes"], V.test_sets()["test"], None, {}
+    comparison = next(iter(r.values()))  # one dict of recipes that share the LM and the data
+    test, data, described, out = V.test_sets()["test"], None, None, {}
     lm, _ = V.pretrain_language_model(next(iter(comparison.values())), progress=False)
     for label, recipe in comparison.items():
         model = V.vision_language_model(recipe, _clip().image_encoder, lm)
         data = data or model.with_regions(V.tuning_data(recipe))  # the frozen tower's features, once
+        if recipe.alignment_steps:  # LLaVA's stage 1
+            described = described or model.with_regions(V.alignment_data(recipe))
+            V.align(model, described, recipe, progress=False)
         V.tune(model, data, recipe, progress=False)
         vqa = V.vqa_accuracy(model, test)
         out[f"{label}, overall"], out[f"{label}, binding"] = vqa["overall"], (vqa["color"] + vqa["shape"]) / 2
@@ -164,6 +168,7 @@ CLAIMS = {
     "vlm": Claim("07_vlm", {"recipe": R.VQA}, _vlm),
     "describe": Claim("07b_describe", {"recipe": R.DESCRIBER, "lora_recipe": R.DESCRIBER_LORA}, _describe),
     "connectors": Claim("07c_connectors", {"recipes": R.CONNECTOR_RECIPES}, _connectors),
+    "llava": Claim("07c_connectors", {"llava_recipes": R.LLAVA_RECIPES}, _connectors),
     "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},
                         _generation),
 }

@@ -198,13 +198,17 @@ class VisionLanguageRecipe:
     pretrained by ``lm``, tuned for ``steps`` on ``questions`` visual questions and
     ``descriptions`` descriptions. ``lora_rank`` > 0 tunes low-rank adapters instead of the
     LM's weights, scaled by ``lora_alpha`` / rank; ``lora_positions`` lets the LM's position
-    embeddings learn beside them (chapter 7b)."""
+    embeddings learn beside them (chapter 7b). ``alignment_steps`` > 0 first runs LLaVA's stage 1:
+    that many steps train the connector alone (the LM frozen) on ``alignment_descriptions``
+    descriptions, before the ``steps`` of tuning (chapter 7c)."""
 
     connector: str = "instruction"
     connector_options: Mapping = field(default_factory=lambda: {"m": 4})
     lora_rank: int = 0
     lora_alpha: float = 8.0
     lora_positions: bool = False
+    alignment_steps: int = 0
+    alignment_descriptions: int = 10_000
     questions: int = 20_000
     descriptions: int = 0
     steps: int = 800
@@ -218,6 +222,9 @@ class VisionLanguageRecipe:
         object.__setattr__(self, "connector_options", FrozenDict(self.connector_options))
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank is a rank >= 1, or 0 for full tuning; got {self.lora_rank!r}")
+        if not isinstance(self.alignment_steps, int) or self.alignment_steps < 0:
+            raise ValueError(f"alignment_steps is a number of steps >= 0 (0: no stage 1); "
+                             f"got {self.alignment_steps!r}")
 
 
 VQA = VisionLanguageRecipe()
@@ -241,6 +248,15 @@ COMPARED = {"linear": ("linear", {"pool": 2}), "mlp": ("mlp", {"pool": 2}), "res
 CONNECTOR_RECIPES = {label: replace(VQA, steps=600, connector=name, connector_options=options)
                      for label, (name, options) in COMPARED.items()}
 """Chapter 7c's comparison: chapter 7's recipe at one budget (600 steps) for each connector."""
+
+_LLAVA = replace(CONNECTOR_RECIPES["mlp"], lm=replace(VQA.lm, descriptions=5_000))
+LLAVA_RECIPES = {"average": _LLAVA,
+                 "pixel shuffle": replace(_LLAVA, connector_options={"pool": 2, "merge": "stack"}),
+                 "two stages": replace(_LLAVA, alignment_steps=200, steps=_LLAVA.steps - 200)}
+"""Chapter 7c's two questions about LLaVA-1.5's MLP at the comparison's budget (600 steps), with
+an LM whose text includes descriptions: what the 2 x 2 average costs (against stacking each
+block's four features, a pixel shuffle) and whether LLaVA's two stages help (200 steps of the
+connector alone on descriptions, then 400 of tuning, against 600 of tuning)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,5 +324,5 @@ def with_seed(recipes, seed: int):
 
 
 __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
-           "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "COMPARED", "CONNECTOR_RECIPES",
+           "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

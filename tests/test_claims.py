@@ -130,6 +130,9 @@ STATED = {
                        ("instruction", "linear"), ("instruction", "mlp"), ("cross_attention", "resampler"))],
                    "ties": [(f"{a}, overall", f"{b}, overall") for a, b in (
                        ("linear", "mlp"), ("instruction", "cross_attention"), ("cross_attention", "linear"))]},
+    "llava": {"beats": [(f"average, {k}", f"two stages, {k}") for k in ("overall", "binding")]
+                       + [(f"pixel shuffle, {k}", f"two stages, {k}") for k in ("overall", "binding")],
+              "ties": [(f"average, {k}", f"pixel shuffle, {k}") for k in ("overall", "binding")]},
     "generation": {"beats": [("faithfulness, w = 5", "faithfulness, w = 1"), ("diversity, w = 1", "diversity, w = 5"),
                              ("seen pairs", "two objects"), ("seen pairs", "held-out pairs"),
                              ("read as asked: judge", "read as asked: describer"),

@@ -397,6 +397,25 @@ def test_faithful_each_scores_each_image_as_faithfulness_averages():
     assert right.tolist() == [False, False, True], "the lone red circle was read as a blue star"
     assert per["color"] == [False, True] and per["shape"] == [False, True]
     assert G.faithfulness(reader, torch.zeros(3, 3, 16, 16), texts)["faithful"] == pytest.approx(1 / 3)
+    reading = reader.read(torch.zeros(3, 3, 16, 16))  # a reading scored without reading again
+    assert G.faithful_reading(reading, texts)[0].tolist() == right.tolist()
+    with pytest.raises(ValueError, match="one prompt per image"):
+        G.faithful_reading(reading, texts[:2])
+
+
+def test_judge_accuracy_can_read_other_images_against_the_same_truth():
+    data = G.judge_data(8, seed=2)
+    reader = _Judge([set()] * 8)
+    seen = []
+    reader.read = _with_attributes(lambda images: seen.append(images) or {"pairs": torch.zeros(len(images), 48,
+                                   dtype=torch.bool)}, color="red", shape="circle")
+    blank = torch.zeros(8, 3, 16, 16)
+    G.judge_accuracy(reader, data, images=blank)
+    assert seen[-1] is blank
+    G.judge_accuracy(reader, data)
+    assert torch.equal(seen[-1], data.images.float() / 255)
+    with pytest.raises(ValueError, match="one for one"):
+        G.judge_accuracy(reader, data, images=blank[:3])
 
 
 def _with_attributes(read, color, shape):

@@ -155,6 +155,45 @@ def test_pooling_averages_each_block_of_the_grid():
         make_connector("mlp", 4, 4, pool=0)
 
 
+def test_pixel_shuffle_stacks_each_block_of_the_grid_whole():
+    connector = make_connector("mlp", 2, 8, pool=2, merge="stack")
+    regions = torch.randn(3, 64, 2)
+    grid = regions.transpose(1, 2).reshape(3, 2, 8, 8)  # (B, d, 8, 8)
+    stacked = connector.pooled(regions)  # (B, 16, 4 d)
+    assert stacked.shape == (3, 16, 8) and connector.tokens_for(64) == 16
+    for token, (row, col) in ((0, (0, 0)), (5, (2, 2)), (15, (6, 6))):
+        block = grid[:, :, row:row + 2, col:col + 2].reshape(3, 2, 4)
+        assert torch.equal(stacked[:, token].reshape(3, 2, 4), block), "each block's 4 features, all kept"
+    assert connector(regions).shape == (3, 16, 8)
+    with pytest.raises(ValueError, match="merge"):
+        make_connector("linear", 2, 8, pool=2, merge="max")
+
+
+def test_stage_one_trains_the_connector_alone(tok):
+    from dataclasses import replace
+
+    from mmlib.recipes import LLAVA_RECIPES
+    from mmlib.vlm import align, alignment_data, tune
+
+    recipe = replace(LLAVA_RECIPES["two stages"], alignment_steps=3, alignment_descriptions=64, steps=2,
+                     questions=64, batch_size=16)
+    data = alignment_data(recipe, tok)
+    assert len(data) == 64 and all(text.startswith(DESCRIBE) for text in data.texts[:5])
+    model = small_vlm(tok, "mlp")
+    lm, connector = ([p.clone() for p in m.parameters()] for m in (model.lm, model.connector))
+    history = align(model, data, recipe, progress=False, device="cpu")
+    assert len(history.loss) == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.lm.parameters(), lm)), "the LM stayed frozen"
+    assert not all(torch.equal(a, b) for a, b in zip(model.connector.parameters(), connector))
+    assert all(p.requires_grad for p in model.lm.parameters()), "and is trainable again for stage 2"
+    tune(model, instruction_data(64, tokenizer=tok), recipe, progress=False, device="cpu")
+    assert not all(torch.equal(a, b) for a, b in zip(model.lm.parameters(), lm))
+    with pytest.raises(ValueError, match="no stage 1"):
+        align(model, data, replace(recipe, alignment_steps=0), progress=False)
+    with pytest.raises(ValueError, match="alignment_steps"):
+        replace(recipe, alignment_steps=-1)
+
+
 def test_a_resampler_gives_m_tokens_whatever_the_grid():
     for regions in (16, 64):
         assert Resampler(16, 32, m=4, regions=regions)(torch.randn(2, regions, 16)).shape == (2, 4, 32)

@@ -97,10 +97,16 @@ class Judge(nn.Module):
                 "size": out["size"].argmax(1), "position": out["position"].argmax(1)}
 
 
-def judge_accuracy(judge: Judge, data: WorldDataset) -> dict[str, float]:
-    """The judge on rendered images: per attribute of one-object scenes; 'pairs', the fraction
-    of all scenes whose set of colour-shape pairs is read exactly; 'all', both."""
-    read = judge.read(data.images.float() / 255)
+def judge_accuracy(judge: Judge, data: WorldDataset, images: torch.Tensor | None = None) -> dict[str, float]:
+    """The judge (or another reader with its ``read``) on rendered images: per attribute of
+    one-object scenes; 'pairs', the fraction of all scenes whose set of colour-shape pairs is
+    read exactly; 'all', both. ``images`` replaces the renders (e.g. ``exact.degraded`` copies
+    of them, in [0, 1]); the truth stays ``data``'s labels."""
+    if images is None:
+        images = data.images.float() / 255
+    elif len(images) != len(data):
+        raise ValueError(f"images replace data's renders one for one: got {len(images)} for {len(data)} scenes")
+    read = judge.read(images)
     truth = {k: v.to(read["color"].device) for k, v in data.labels.items()}
     single = truth["objects"] == 1
     scores = {name: (read[name][single] == truth[name][single]).float().mean().item()
@@ -113,14 +119,14 @@ def judge_accuracy(judge: Judge, data: WorldDataset) -> dict[str, float]:
     return scores
 
 
-def faithful_each(reader, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, dict]:
-    """Per image, whether it shows what its prompt asks for, read by ``reader`` (the judge, or
-    anything with its ``read``): every asked attribute right and nothing else drawn (the set of
-    colour-shape pairs must equal the prompt's). Also, per attribute, whether each asked
-    attribute of a one-object prompt was read as asked (lists of booleans)."""
-    if len(images) != len(texts) or not len(texts):
-        raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
-    read = {k: v.cpu() for k, v in reader.read(images).items()}
+def faithful_reading(read: dict, texts: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """Per image, whether a reading (what ``Judge.read`` or ``ExactReader.read`` returned for
+    the images) shows what its prompt asks for: every asked attribute right and nothing else
+    drawn (the set of colour-shape pairs must equal the prompt's). Also, per attribute, whether
+    each asked attribute of a one-object prompt was read as asked (lists of booleans)."""
+    if len(read["pairs"]) != len(texts) or not len(texts):
+        raise ValueError(f"need one prompt per image, got {len(read['pairs'])} images and {len(texts)} prompts")
+    read = {k: v.cpu() for k, v in read.items()}
     asked = [parse_prompt(t) for t in texts]
     right, per = [], {"color": [], "shape": [], "size": [], "position": []}
     for i, objects in enumerate(asked):
@@ -138,6 +144,14 @@ def faithful_each(reader, images: torch.Tensor, texts: Sequence[str]) -> tuple[t
                     ok &= got[name] == o[name]
         right.append(ok)
     return torch.tensor(right), per
+
+
+def faithful_each(reader, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """``faithful_reading`` of ``reader``'s reading of ``images`` (the judge, or anything with
+    its ``read``)."""
+    if len(images) != len(texts) or not len(texts):
+        raise ValueError(f"need one prompt per image, got {len(images)} images and {len(texts)} prompts")
+    return faithful_reading(reader.read(images), texts)
 
 
 def faithfulness(judge: Judge, images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
@@ -206,5 +220,5 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe(), *, device=None, progress: b
     return judge.eval(), history
 
 
-__all__ = ["judge_data", "Judge", "judge_accuracy", "faithful_each", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
+__all__ = ["judge_data", "Judge", "judge_accuracy", "faithful_reading", "faithful_each", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
            "judge_test_data", "judged_as_asked", "train_judge"]

@@ -24,11 +24,11 @@ from mmlib.vlm.evaluation import (POPE_STRATEGIES, POPULAR_TOP_K, PROBE_SEED, ac
                                   popular_pairs, sampling_generator, vqa_accuracy)
 from mmlib.vlm.lora import LoRALinear, add_lora, merge_lora
 from mmlib.vlm.model import REGIONS, VisionLanguageModel, chat
-from mmlib.vlm.tuning import (describer_record, language_model, pretrain_language_model, pretrained_describer,
+from mmlib.vlm.tuning import (align, alignment_data, describer_record, language_model, pretrain_language_model, pretrained_describer,
                               text_data, train_describer, train_vision_language_model, tune, tuning_data,
                               vision_language_model)
 
-__all__ = ["answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
+__all__ = ["align", "alignment_data", "answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
            "description_data", "descriptions_of", "instruction_data", "mix", "question_type", "test_sets",
            "CONNECTORS", "Connector", "CrossAttentionConnector", "GatedCrossAttention", "InstructionResampler",
            "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",

@@ -33,19 +33,24 @@ class Connector(nn.Module):
 
 
 class LinearConnector(Connector):
-    """LLaVA: one linear map per region; every region becomes a token. ``pool=2`` first averages
-    each 2 x 2 block of the grid (4x fewer tokens, as nanoVLM's pixel shuffle cuts SigLIP's)."""
+    """LLaVA: one linear map per region; every region becomes a token. ``pool=2`` first merges
+    each 2 x 2 block of the grid into one token (4x fewer tokens): ``merge="mean"`` averages the
+    block's four feature vectors, ``merge="stack"`` concatenates them (a pixel shuffle, as
+    nanoVLM cuts SigLIP's tokens: nothing lost, an input four times wider)."""
 
-    def __init__(self, image_dim: int, dim: int, pool: int = 1):
+    def __init__(self, image_dim: int, dim: int, pool: int = 1, merge: str = "mean"):
         super().__init__(image_dim, dim)
         if not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
-        self.pool = pool
-        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+        if merge not in ("mean", "stack"):
+            raise ValueError(f"merge is 'mean' or 'stack', got {merge!r}")
+        self.pool, self.merge = pool, merge
+        self.width = image_dim * pool ** 2 if merge == "stack" else image_dim
+        self.proj = nn.Sequential(nn.LayerNorm(self.width), nn.Linear(self.width, dim))
 
     def pooled(self, regions: torch.Tensor) -> torch.Tensor:
-        """(B, g*g, d) -> (B, (g/pool)^2, d): the mean of each
-        pool x pool block of the grid."""
+        """(B, g*g, d) -> (B, (g/pool)^2, width): each pool x pool block of
+        the grid, averaged (width d) or stacked (width d * pool^2)."""
         if self.pool == 1:
             return regions
         b, n, d = regions.shape
@@ -54,7 +59,11 @@ class LinearConnector(Connector):
             raise ValueError(f"pool={self.pool} needs a square grid whose "
                              f"side it divides, got {n} regions")
         grid = regions.transpose(1, 2).reshape(b, d, g, g)
-        return F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+        if self.merge == "stack":
+            grid = F.pixel_unshuffle(grid, self.pool)
+        else:
+            grid = F.avg_pool2d(grid, self.pool)
+        return grid.flatten(2).transpose(1, 2)
 
     def forward(self, regions, instruction=None):
         return self.proj(self.pooled(regions))
@@ -64,11 +73,13 @@ class LinearConnector(Connector):
 
 
 class MLPConnector(LinearConnector):
-    """LLaVA-1.5: a two-layer MLP per region (``pool`` as for ``LinearConnector``)."""
+    """LLaVA-1.5: a two-layer MLP per region (``pool`` and ``merge`` as for
+    ``LinearConnector``)."""
 
-    def __init__(self, image_dim: int, dim: int, pool: int = 1):
-        super().__init__(image_dim, dim, pool)
-        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+    def __init__(self, image_dim: int, dim: int, pool: int = 1, merge: str = "mean"):
+        super().__init__(image_dim, dim, pool, merge)
+        self.proj = nn.Sequential(nn.LayerNorm(self.width), nn.Linear(self.width, dim), nn.GELU(),
+                                  nn.Linear(dim, dim))
 
 
 class Resampler(Connector):

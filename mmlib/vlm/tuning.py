@@ -4,7 +4,8 @@ tuning; chapter 7b's describer trained once and shipped with mmlib, so that chap
 its generated images with it.
 
 Every function takes a ``mmlib.recipes.VisionLanguageRecipe``. Its seed s draws the data (tuning
-data from seeds 10 s and 10 s + 2, the LM's text from 10 s + 1 and 10 s + 4), the language
+data from seeds 10 s and 10 s + 2, the LM's text from 10 s + 1 and 10 s + 4, stage 1's
+descriptions from 10 s + 3), the language
 model's initialisation (s), the connector's (s + 1) and the batches; the caller's random
 numbers are left as they were.
 """
@@ -47,6 +48,12 @@ def text_data(recipe: VisionLanguageRecipe, tokenizer=None) -> WorldDataset:
     """The chat text the language model of ``recipe`` reads alone (its images unused)."""
     s = 10 * recipe.seed
     return _chat(recipe.lm.questions, recipe.lm.descriptions, s + 1, s + 4, tokenizer or chat_tokenizer())
+
+
+def alignment_data(recipe: VisionLanguageRecipe, tokenizer=None) -> WorldDataset:
+    """The descriptions that LLaVA's stage 1 of ``recipe`` trains the connector on."""
+    return description_data(recipe.alignment_descriptions, seed=10 * recipe.seed + 3,
+                            tokenizer=tokenizer or chat_tokenizer())
 
 
 def language_model(recipe: VisionLanguageRecipe, tokenizer=None) -> LanguageModel:
@@ -94,15 +101,38 @@ def tune(model: VisionLanguageModel, data: WorldDataset, recipe: VisionLanguageR
                          seed=recipe.seed, device=device, progress=progress, desc=desc)
 
 
+def align(model: VisionLanguageModel, data: WorldDataset, recipe: VisionLanguageRecipe, *, device=None,
+          progress: bool = True) -> History:
+    """LLaVA's stage 1, feature alignment: ``recipe.alignment_steps`` steps on ``data``
+    (``alignment_data(recipe)``, or a copy with cached region features) that train the connector
+    alone; the language model stays frozen, and trainable again afterwards."""
+    if recipe.alignment_steps < 1:
+        raise ValueError("this recipe has no stage 1 (alignment_steps = 0): call tune alone")
+    learning = [p for p in model.lm.parameters() if p.requires_grad]
+    for p in learning:
+        p.requires_grad_(False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return fit_steps(model, data, steps=recipe.alignment_steps, batch_size=recipe.batch_size,
+                             optim=recipe.optim, seed=recipe.seed, device=device, progress=progress,
+                             desc="stage 1: connector")
+    finally:
+        for p in learning:
+            p.requires_grad_(True)
+
+
 def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module | None = None, device=None,
                                 progress: bool = True) -> VisionLanguageModel:
     """The whole recipe: pretrain the LM, assemble it with a frozen copy of ``clip``'s image
-    tower (default: chapter 4's ``pretrained_clip()``), tune. Returns the model for evaluation."""
+    tower (default: chapter 4's ``pretrained_clip()``), align (LLaVA's stage 1, when the recipe
+    has one), tune. Returns the model for evaluation."""
     from mmlib.pretrain import pretrained_clip
 
     clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
     lm, _ = pretrain_language_model(recipe, device=device, progress=progress)
     model = vision_language_model(recipe, clip.image_encoder, lm)
+    if recipe.alignment_steps:
+        align(model, alignment_data(recipe), recipe, device=device, progress=progress)
     tune(model, tuning_data(recipe), recipe, device=device, progress=progress)
     return model.eval()
 
@@ -136,6 +166,6 @@ def describer_record() -> dict:
     return shipped.record(shipped.path_of("describer"), RETRAIN_DESCRIBER)
 
 
-__all__ = ["tuning_data", "text_data", "language_model", "pretrain_language_model", "vision_language_model", "tune",
+__all__ = ["tuning_data", "text_data", "alignment_data", "align", "language_model", "pretrain_language_model", "vision_language_model", "tune",
            "train_vision_language_model", "train_describer", "RETRAIN_DESCRIBER", "pretrained_describer",
            "describer_record"]
