@@ -404,7 +404,7 @@ def test_faithful_each_scores_each_image_as_faithfulness_averages():
 
 
 def test_judge_accuracy_can_read_other_images_against_the_same_truth():
-    data = G.judge_data(8, seed=2)
+    data = G.judge_data(8, seed=2, two_objects=0.0)
     reader = _Judge([set()] * 8)
     seen = []
     reader.read = _with_attributes(lambda images: seen.append(images) or {"pairs": torch.zeros(len(images), 48,

@@ -174,7 +174,7 @@ def sampling_generator(model, seed: int = 0) -> torch.Generator:
     return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
 
-def answer_cost(model, data: WorldDataset, n: int = 256, max_new: int = 12, repeats: int = 3
+def answer_cost(model, data: WorldDataset, n: int = 256, max_new: int = 12, repeats: int = 5
                 ) -> dict[str, float]:
     """What answering ``n`` of ``data``'s questions costs ``model``: its trainable parameters,
     the arithmetic per answer (FLOPs, counted by ``torch.utils.flop_counter``), the time of the
