@@ -305,3 +305,36 @@ def test_a_build_starts_with_no_stale_failure_reports(tmp_path):
     assert not stale.exists()
     config = (ROOT / "_config.yml").read_text()
     assert "fresh_reports: book/_ext/" in config
+
+
+def _benchmark_runner():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
+
+
+def test_the_benchmark_lists_a_chapters_slowest_cells():
+    import nbformat
+
+    run = _benchmark_runner()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# a chapter")]
+    for seconds, source in ((1.5, "fast()"), (30.0, "\n# train\ntrain()"), (4.0, "evaluate()"),
+                            (12.25, "plot()")):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["execution"] = {"iopub.execute_input": "2026-12-07T10:00:00.000000Z",
+                                      "shell.execute_reply": f"2026-12-07T10:00:{seconds:06.3f}Z"}
+        nb.cells.append(cell)
+    nb.cells.append(nbformat.v4.new_code_cell("never_run()"))  # no timings: left out
+    slowest = run.slowest_cells(nb)
+    assert [(c["cell"], c["seconds"], c["first line"]) for c in slowest] == [
+        (2, 30.0, "# train"), (4, 12.2, "plot()"), (3, 4.0, "evaluate()")]
+
+
+def test_the_speed_line_times_a_fixed_workload():
+    run = _benchmark_runner()
+    one, more = run.reference_workload(steps=1, repeats=1), run.reference_workload(steps=4, repeats=1)
+    assert 0 < one < more, "more steps of the same work take longer"
