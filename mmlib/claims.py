@@ -141,7 +141,8 @@ def _generation(r):
     from mmlib.vlm import pretrained_describer
 
     recipe = r["recipe"]
-    judge, _ = G.train_judge(r["judge_recipe"], progress=False)
+    judge = (G.pretrained_judge() if r["judge_recipe"] == R.JudgeRecipe()  # seed 0: the shipped one
+             else G.train_judge(r["judge_recipe"], progress=False)[0])
     model = G.pretrained_generator() if recipe == R.GeneratorRecipe() else G.train_generator(recipe, progress=False)[0]
     asked = {name: texts for name, (_, texts) in G.evaluation_prompts().items()}
     drawn = {name: G.generate_images(model, texts) for name, texts in asked.items()}

@@ -22,7 +22,7 @@ from torch import nn
 from mmlib import objectives, world
 from mmlib.data import ANSWERS, BATCH_KEYS, IMAGE, TOKENS, WorldDataset, make_dataset
 from mmlib.distributed import gather, rank, world_size
-from mmlib.encoders import BagOfEmbeddings, Encoder, ImageCNN
+from mmlib.encoders import BagOfEmbeddings, Encoder, Features, ImageCNN
 from mmlib.fusion import Fusion, make_fusion
 from mmlib.recipes import FusionRecipe
 from mmlib.text import Tokenizer
@@ -59,6 +59,16 @@ class InputLayer(nn.Module):
             else:
                 inputs[m] = batch[BATCH_KEYS[m]]
         return inputs
+
+
+_POOLED, _TOKENS, _MASK = ":pooled", ":tokens", ":mask"  # cached features (MultimodalModel.with_features)
+
+
+def _cached(batch: Mapping[str, torch.Tensor], modality: str) -> Features | None:
+    """The features of ``modality`` that ``with_features`` attached to the batch, if any."""
+    if f"{modality}{_POOLED}" not in batch:
+        return None
+    return Features(*(batch[f"{modality}{part}"] for part in (_POOLED, _TOKENS, _MASK)))
 
 
 class MultimodalModel(nn.Module):
@@ -101,7 +111,28 @@ class MultimodalModel(nn.Module):
             if len(drop | missing) < len(self.modalities):
                 missing |= drop
         inputs = self.input_layer(batch, missing)
-        return [self.feature_extraction[m].encode(x) if x is not None else None for m, x in inputs.items()]
+        return [None if x is None else _cached(batch, m) or self.feature_extraction[m].encode(x)
+                for m, x in inputs.items()]
+
+    @torch.no_grad()
+    def with_features(self, data: WorldDataset, modality: str = "image", batch_size: int = 512) -> WorldDataset:
+        """A copy of ``data`` whose batches also carry the features of this model's *locked*
+        ``modality`` encoder (``mmlib.freezing.lock``: frozen and always in evaluation mode),
+        computed once: training then skips the encoder, and gets the same features. Valid for
+        any model with the same locked encoder (each fusion of chapter 3 has a copy of one)."""
+        if modality not in self.modalities:
+            raise ValueError(f"this model has no {modality!r} encoder; its modalities are {self.modalities}")
+        encoder = self.feature_extraction[modality]
+        if encoder.training or any(p.requires_grad for p in encoder.parameters()):
+            raise ValueError(f"cached features need a locked {modality} encoder (mmlib.freezing.lock): "
+                             "an encoder that trains, or whose BatchNorm updates, changes its features")
+        device = next(encoder.parameters()).device
+        parts = [encoder.encode(data.batch(part, device)[BATCH_KEYS[modality]])
+                 for part in torch.arange(len(data)).split(batch_size)]
+        cached = {f"{modality}{part}": torch.cat([getattr(f, name).cpu() for f in parts])
+                  for part, name in ((_POOLED, "pooled"), (_TOKENS, "tokens"), (_MASK, "mask"))}
+        return WorldDataset(data.images, {**data.labels, **cached}, data.texts, data.tokens, data.lengths,
+                            data.sounds, data.scenes, data.tokenizer)
 
     def fuse(self, feats: list) -> torch.Tensor:
         """The fusion layer (with a single modality, its pooled features go straight through it)."""
@@ -320,10 +351,11 @@ def compare_fusions(recipe: FusionRecipe, encoder: Encoder, data: dict | None = 
     'seconds' to train, test 'accuracy', and accuracy with the image hidden, 'no image') and the
     trained models."""
     data = data or fusion_data(recipe)
-    rows, models = [], {}
+    rows, models, train = [], {}, None
     for name in recipe.fusions:
         model = models[name] = fusion_model(recipe, name, encoder, len(data["train"].tokenizer))
-        history = fit(model, data["train"], "answer", epochs=recipe.epochs, batch_size=recipe.batch_size,
+        train = train or model.with_features(data["train"])  # the locked encoder's, once for all
+        history = fit(model, train, "answer", epochs=recipe.epochs, batch_size=recipe.batch_size,
                       lr=recipe.lr, seed=recipe.seed, device=device, progress=progress, desc=name)
         rows.append({"fusion": name, "parameters": sum(p.numel() for p in model.fusion.parameters()),
                      "seconds": history.seconds, "accuracy": evaluate(model, data["test"], "answer"),

@@ -126,6 +126,35 @@ def seconds_per_call(fn, repeat: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def seconds_per_step(model: torch.nn.Module, data, batch_size: int, *, repeat: int = 5, device=None) -> float:
+    """The median wall time of one forward and backward pass of ``model.loss`` on the first
+    ``batch_size`` examples of ``data``, in training mode (what a training step costs before the
+    optimiser's update). Gradients are cleared and the model's mode restored afterwards."""
+    if batch_size < 1 or batch_size > len(data):
+        raise ValueError(f"batch_size must be between 1 and the {len(data)} examples, got {batch_size}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    batch = data.batch(torch.arange(batch_size), device)
+    was_training = model.training
+    model.train()
+
+    def step():
+        model.loss(batch)["loss"].backward()
+
+    try:
+        step()  # warm-up
+        times = []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - began)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return sorted(times)[len(times) // 2]
+
+
 def reference_time(chapter: str) -> str:
     """How long a chapter runs on the book's reference machine, as measured by
     ``benchmarks/run.py --write`` (stored in ``mmlib/chapter_times.json``): e.g. 'about 50 s'."""
@@ -212,5 +241,5 @@ def _text(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
-__all__ = ["glue", "busy_cpus", "choose_threads", "setup", "show_source", "seconds_per_call", "reference_time",
+__all__ = ["glue", "busy_cpus", "choose_threads", "setup", "show_source", "seconds_per_call", "seconds_per_step", "reference_time",
            "table", "recipe_table"]

@@ -19,7 +19,7 @@ recipe                     chapter   trained or run by
 ``DDP_SAME_LOSS``, ...     6         ``python -m mmlib.pretrain`` under ``mmlib.distributed.launch``
 ``VisionLanguageRecipe``   7-7c, 8   ``mmlib.vlm.tuning``: ``VQA``, ``DESCRIBER``, ``DESCRIBER_LORA``,
                                      ``CONNECTOR_RECIPES``
-``JudgeRecipe``            8         ``mmlib.generate.train_judge``
+``JudgeRecipe``            8         ``mmlib.generate.train_judge`` (shipped)
 ``GeneratorRecipe``        8         ``mmlib.generate.train_generator`` (shipped)
 =========================  ========  ==============================================================
 """

@@ -1,13 +1,15 @@
 """Weights shipped with mmlib: models whose recipe takes longer than a chapter's budget.
 
-Most of the book's models train in front of the reader. Two do not fit a chapter's 90 seconds,
-so a benchmark script trains each once and its weights ship in ``mmlib/weights/``, next to the
-recipe that made them, the seconds it took and the versions used:
+Most of the book's models train in front of the reader. A few do not fit a chapter's minute
+beside the rest of its work, so a benchmark script trains each once and its weights ship in
+``mmlib/weights/``, next to the recipe that made them, the seconds it took and the versions used:
 
 - ``generator.pt`` and ``generator-clip.pt``: chapter 8's text-to-image generator
   (``mmlib.generate.pretrained_generator``; ``benchmarks/train_generator.py``);
 - ``describer.pt``: chapter 7b's model that describes images
-  (``mmlib.vlm.pretrained_describer``; ``benchmarks/train_describer.py``).
+  (``mmlib.vlm.pretrained_describer``; ``benchmarks/train_describer.py``);
+- ``judge.pt``: chapter 8's judge of generated images
+  (``mmlib.generate.pretrained_judge``; ``benchmarks/train_judge.py``).
 
 Their recipes are values of ``mmlib.recipes``.
 

@@ -237,6 +237,32 @@ def test_modality_dropout_hides_one_modality_at_a_time_and_only_while_training()
     assert all(torch.equal(model(BATCH), model(BATCH)) for _ in range(5)), "no dropout at evaluation"
 
 
+@pytest.mark.parametrize("fusion", ["film", "xattn"])
+def test_cached_features_of_a_locked_encoder_give_the_same_outputs(fusion):
+    """with_features computes a locked encoder's features once; a model fed them computes what it
+    computes from the pixels, in training mode too (the locked BatchNorm does not move), with the
+    image still removable; an encoder that trains, or a modality the model lacks, is refused."""
+    from mmlib.freezing import lock
+
+    qa = make_dataset("qa", 40, seed=2, question_types=("color",))
+    torch.manual_seed(0)
+    model = MultimodalModel({"image": lock(ImageCNN(16, channels=(8,))), "text": BagOfEmbeddings(len(qa.tokenizer), 8)},
+                            n_classes=7, fusion=fusion, fused_dim=16).train()
+    cached = model.with_features(qa, batch_size=16)
+    index = torch.tensor([3, 0, 17, 39])
+    plain, fast = qa.batch(index), cached.batch(index)
+    assert torch.allclose(model(fast), model(plain), atol=1e-6)
+    fast["image"] = torch.rand_like(fast["image"])  # the pixels are not read again
+    assert torch.allclose(model(fast), model(plain), atol=1e-6)
+    assert torch.allclose(model(fast, missing=["image"]), model(plain, missing=["image"]), atol=1e-6)
+    with pytest.raises(ValueError, match="no 'audio' encoder"):
+        model.with_features(qa, "audio")
+    trainable = MultimodalModel({"image": ImageCNN(16, channels=(8,)), "text": BagOfEmbeddings(len(qa.tokenizer), 8)},
+                                n_classes=7)
+    with pytest.raises(ValueError, match="locked image encoder"):
+        trainable.with_features(qa)
+
+
 # --- training -------------------------------------------------------------------------------
 
 def test_fit_learns_colour_from_images_and_is_deterministic():

@@ -287,6 +287,24 @@ def test_the_shipped_generator_loads_and_draws_the_colour_it_is_asked_for():
         assert names[counts[:-1].argmax()] == want, counts
 
 
+def test_the_shipped_judge_reads_fresh_renders_and_refuses_other_recipes(tmp_path):
+    """Chapter 8 loads the judge its recipe trains; it reads fresh one- and two-object renders
+    (the chapter shows >= 0.99 per attribute), and refuses weights of another recipe."""
+    from dataclasses import replace
+
+    from mmlib.recipes import JudgeRecipe
+
+    judge = G.pretrained_judge(device="cpu")
+    scores = G.judge_accuracy(judge, G.judge_data(400, seed=11, two_objects=0.25))
+    assert min(scores[a] for a in ("color", "shape", "size", "position")) >= 0.97, scores
+    assert scores["pairs"] >= 0.95, scores
+    assert G.judge_record()["recipe"]["steps"] == JudgeRecipe().steps
+    with pytest.raises(ValueError, match="recipe.*train_judge.py"):
+        G.pretrained_judge(replace(JudgeRecipe(), steps=1))
+    with pytest.raises(ValueError, match="train_judge.py"):
+        G.pretrained_judge(path=tmp_path / "nowhere.pt")
+
+
 def test_pretrained_generator_refuses_missing_foreign_and_misfitting_weights(tmp_path):
     from dataclasses import replace
 

@@ -12,6 +12,7 @@ from mmlib.encoders import BagOfEmbeddings, ImageCNN
 from mmlib.models import DualEncoder, MultimodalModel
 from mmlib.train import (EMA, Checkpointing, History, Optimisation, classification_terms, fit_steps, learning_rate,
                          parameter_groups)
+from mmlib.notebook import seconds_per_step
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,19 @@ def test_hooks_run_after_every_step_and_the_scale_is_clamped(pairs):
               hooks=[lambda m, step: calls.append((step, m.scale.item()))])
     assert [s for s, _ in calls] == [0, 1, 2, 3]
     assert all(scale <= 100.0 + 1e-4 for _, scale in calls), "after_step clamps before the hooks see it"
+
+
+def test_seconds_per_step_times_a_training_pass_and_leaves_the_model_as_it_was(pairs):
+    """A forward and backward pass, timed (a positive number of seconds); afterwards no
+    gradients and the caller's mode; bad sizes are refused."""
+    model = small_clip(len(pairs.tokenizer)).eval()
+    assert seconds_per_step(model, pairs, 32, repeat=3, device="cpu") > 0
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    for bad in (0, 97):
+        with pytest.raises(ValueError, match="batch_size"):
+            seconds_per_step(model, pairs, bad)
+    with pytest.raises(ValueError, match="repeat"):
+        seconds_per_step(model, pairs, 8, repeat=0)
 
 
 def test_ema_is_the_moving_average_of_the_weights():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmlib import world
+from mmlib import shipped, world
 from mmlib.encoders import ImageCNN
 from mmlib.lm import LanguageModel
 from mmlib.vlm import (CONNECTORS, InstructionResampler, LoRALinear, Resampler,
@@ -452,14 +452,54 @@ def test_the_shipped_describer_describes_renders_as_chapter_7b_measured():
 def test_pretrained_describer_refuses_foreign_and_missing_weights(tmp_path):
     from dataclasses import replace
 
-    from mmlib.recipes import DESCRIBER
-    from mmlib.vlm import describer_record, pretrained_describer
+    from mmlib.recipes import DESCRIBER, VQA
+    from mmlib.vlm import describer_record, pretrained_describer, pretrained_vision_language_model
 
-    with pytest.raises(ValueError, match="recipe.*train_describer.py"):
+    with pytest.raises(ValueError, match="no shipped model has this recipe"):
         pretrained_describer(replace(DESCRIBER, steps=1))
-    with pytest.raises(ValueError, match="train_describer.py"):
+    with pytest.raises(ValueError, match="train_vlm.py describer"):
         pretrained_describer(path=tmp_path / "nowhere.pt")
+    with pytest.raises(ValueError, match="(?s)does not fit.*train_vlm.py vqa"):  # the describer's file
+        pretrained_vision_language_model(VQA, path=shipped.path_of("describer"))
     assert describer_record()["recipe"]["steps"] == DESCRIBER.steps
+
+
+def test_the_shipped_vqa_model_answers_as_chapter_7_measured():
+    """Chapter 7 loads the model its whole recipe trains; it answers fresh test questions as the
+    chapter asserts (>= 0.9 overall), its tower frozen."""
+    from mmlib.recipes import VQA
+    from mmlib.vlm import pretrained_vision_language_model, shipped_record, vqa_accuracy
+
+    model = pretrained_vision_language_model(VQA, device="cpu")
+    assert not model.training and not any(p.requires_grad for p in model.vision.parameters())
+    test = instruction_data(300, split="test", seed=5)
+    assert vqa_accuracy(model, test)["overall"] >= 0.9
+    assert shipped_record(VQA)["recipe"]["steps"] == VQA.steps
+    assert shipped_record(VQA, "lm")["recipe"]["lm"]["steps"] == VQA.lm.steps
+    with pytest.raises(ValueError, match="'model' or 'lm'"):
+        shipped_record(VQA, "tower")
+
+
+def test_shipped_language_models_are_pretrained_and_shared_by_recipes_with_the_same_lm():
+    """The LM before tuning loads for any recipe whose LM and seed are a shipped one's (chapter
+    7c's connectors share chapter 7's), not for others; and it has read the world's chat text:
+    its loss is far below an untrained LM's."""
+    from dataclasses import replace
+
+    from mmlib.recipes import CONNECTOR_RECIPES, DESCRIBER, LLAVA_RECIPES, VQA
+    from mmlib.vlm import language_model, pretrained_language_model, text_data
+
+    lm = pretrained_language_model(VQA, device="cpu")
+    same = pretrained_language_model(CONNECTOR_RECIPES["linear"], device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(lm.parameters(), same.parameters()))
+    for other in (LLAVA_RECIPES["average"], replace(VQA, seed=1)):
+        with pytest.raises(ValueError, match="no shipped model"):
+            pretrained_language_model(other)
+    described = pretrained_language_model(DESCRIBER, device="cpu")
+    batch = text_data(DESCRIBER).batch(torch.arange(256), "cpu")
+    with torch.no_grad():
+        trained, fresh = described.loss(batch)["loss"], language_model(DESCRIBER).loss(batch)["loss"]
+    assert trained < 0.5 * fresh, (trained, fresh)
 
 
 def test_train_describer_keeps_clips_tower_frozen_and_the_callers_randomness():

@@ -17,7 +17,8 @@ from mmlib.generate.diffusion import (DDPMSchedule, check_steps, ddim, ddpm_loss
                                       flow_data_loss, flow_matching_loss, flow_path, guide, velocity_from_data)
 from mmlib.generate.exact import ExactReader, degraded
 from mmlib.generate.judge import (TEST_RENDERS, TEST_SEED, Judge, diversity, faithful_each, faithful_reading, faithfulness, judge_accuracy,
-                                  judge_data, judge_test_data, judged_as_asked, train_judge)
+                                  judge_data, judge_record, judge_test_data, judged_as_asked, pretrained_judge,
+                                  RETRAIN_JUDGE, train_judge)
 from mmlib.generate.model import (GUIDANCE, OBJECTIVES, STEPS, TARGETS, TEXT_ENCODERS, WEIGHTS, TextToImage,
                                   generate_images, generator_data, generator_model, generator_record, pretrained_generator, retrain_hint,
                                   train_generator, weights_path)
@@ -27,7 +28,7 @@ from mmlib.generate.unet import CrossAttention, FiLMBlock, UNet, time_embedding
 
 __all__ = ["DDPMSchedule", "check_steps", "ddim", "ddpm_loss", "ddpm_noised", "euler", "flow_data_loss", "flow_matching_loss",
            "flow_path", "guide", "velocity_from_data", "ExactReader", "degraded", "Judge", "diversity", "faithful_each", "faithful_reading", "faithfulness", "judge_accuracy",
-           "judge_data", "judge_test_data", "TEST_RENDERS", "TEST_SEED", "judged_as_asked", "train_judge", "GUIDANCE", "OBJECTIVES", "STEPS", "TARGETS",
+           "judge_data", "judge_test_data", "TEST_RENDERS", "TEST_SEED", "judged_as_asked", "train_judge", "RETRAIN_JUDGE", "pretrained_judge", "judge_record", "GUIDANCE", "OBJECTIVES", "STEPS", "TARGETS",
            "TEXT_ENCODERS", "WEIGHTS", "TextToImage", "generate_images", "generator_data", "generator_model", "generator_record", "pretrained_generator",
            "retrain_hint", "train_generator", "weights_path", "IMAGE_SIZE", "MARGIN", "asked_pairs",
            "clear_scenes", "evaluation_prompts", "free_prompts", "generation_data", "mixed_scenes", "parse_prompt",

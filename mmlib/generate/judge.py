@@ -6,6 +6,7 @@ score a generator by it.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -13,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib import world
+from mmlib import shipped, world
 from mmlib.data import WorldDataset, render_uint8
 from mmlib.generate.prompts import IMAGE_SIZE, asked_pairs, mixed_scenes, parse_prompt
 from mmlib.recipes import JudgeRecipe
-from mmlib.train import History, Optimisation, fit_steps
+from mmlib.train import History, Optimisation, default_device, fit_steps
 
 def judge_data(n: int, *, seed: int = 0, two_objects: float) -> WorldDataset:
     """Rendered 16-pixel scenes with what the judge must read: 'pairs' (n, 48) multi-hot over
@@ -220,5 +221,25 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe(), *, device=None, progress: b
     return judge.eval(), history
 
 
+RETRAIN_JUDGE = "python benchmarks/train_judge.py"
+"""The command that trains the shipped judge again."""
+
+
+def pretrained_judge(recipe: JudgeRecipe = JudgeRecipe(), *, path=None, device=None) -> Judge:
+    """The judge trained by ``recipe`` (``train_judge``, about half a minute on two CPU cores),
+    loaded from the weights shipped with mmlib, so that chapter 8 spends its minute on the
+    generator. A missing file or one trained by another recipe raises a ValueError that says how
+    to train it again."""
+    judge = Judge(recipe.width)
+    shipped.load(judge, path if path is not None else shipped.path_of("judge"), asdict(recipe), RETRAIN_JUDGE)
+    return judge.to(device or default_device()).eval()
+
+
+def judge_record() -> dict:
+    """What the shipped judge's weights say about their training: 'recipe', 'seconds', 'torch',
+    'cpus'."""
+    return shipped.record(shipped.path_of("judge"), RETRAIN_JUDGE)
+
+
 __all__ = ["judge_data", "Judge", "judge_accuracy", "faithful_reading", "faithful_each", "faithfulness", "diversity", "TEST_RENDERS", "TEST_SEED",
-           "judge_test_data", "judged_as_asked", "train_judge"]
+           "judge_test_data", "judged_as_asked", "train_judge", "RETRAIN_JUDGE", "pretrained_judge", "judge_record"]

@@ -24,9 +24,10 @@ from mmlib.vlm.evaluation import (POPE_STRATEGIES, POPULAR_TOP_K, PROBE_SEED, ac
                                   popular_pairs, sampling_generator, vqa_accuracy)
 from mmlib.vlm.lora import LoRALinear, add_lora, merge_lora
 from mmlib.vlm.model import REGIONS, VisionLanguageModel, chat
-from mmlib.vlm.tuning import (align, alignment_data, describer_record, language_model, pretrain_language_model, pretrained_describer,
-                              text_data, train_describer, train_vision_language_model, tune, tuning_data,
-                              vision_language_model)
+from mmlib.vlm.tuning import (SHIPPED, align, alignment_data, describer_record, language_model, pretrain_language_model,
+                              pretrained_describer, pretrained_language_model, pretrained_vision_language_model,
+                              retrain_hint, shipped_record, text_data, train_describer, train_vision_language_model, tune,
+                              tuning_data, vision_language_model)
 
 __all__ = ["align", "alignment_data", "answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "CHAT_TOKENS", "DESCRIBE", "QUESTION_KINDS", "TEST_SIZES", "chat_sequences", "chat_tokenizer",
            "description_data", "descriptions_of", "instruction_data", "mix", "question_type", "test_sets",
@@ -34,6 +35,7 @@ __all__ = ["align", "alignment_data", "answer_cost", "POPULAR_TOP_K", "crossed_s
            "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",
            "accuracy_by_type", "chair", "describe", "description_scores", "majority_baseline", "mentioned", "ask_pope", "pope_probes",
            "pope_scores", "popular_pairs", "sampling_generator", "vqa_accuracy", "LoRALinear", "add_lora", "merge_lora", "REGIONS", "VisionLanguageModel",
-           "chat", "describer_record", "language_model", "pretrain_language_model", "pretrained_describer",
+           "chat", "SHIPPED", "retrain_hint", "shipped_record", "pretrained_vision_language_model",
+           "pretrained_language_model", "describer_record", "language_model", "pretrain_language_model", "pretrained_describer",
            "text_data", "train_describer", "train_vision_language_model", "tune", "tuning_data",
            "vision_language_model"]

@@ -1,7 +1,8 @@
 """Training a vision-language model by its recipe (chapters 7, 7b, 7c): the language model's text
 pretraining, the model assembled around chapter 4's frozen image tower, and visual instruction
-tuning; chapter 7b's describer trained once and shipped with mmlib, so that chapter 8 can read
-its generated images with it.
+tuning. Chapter 7's model and chapter 7b's describer, with their language models, are trained
+once by ``benchmarks/train_vlm.py`` and ship with mmlib (``SHIPPED``), so that the chapters
+spend their minute on what they teach; chapter 8 reads its generated images with the describer.
 
 Every function takes a ``mmlib.recipes.VisionLanguageRecipe``. Its seed s draws the data (tuning
 data from seeds 10 s and 10 s + 2, the LM's text from 10 s + 1 and 10 s + 4, stage 1's
@@ -21,7 +22,7 @@ from torch import nn
 from mmlib import shipped
 from mmlib.data import WorldDataset
 from mmlib.lm import LanguageModel
-from mmlib.recipes import DESCRIBER, VisionLanguageRecipe
+from mmlib.recipes import DESCRIBER, VQA, VisionLanguageRecipe
 from mmlib.train import History, default_device, fit_steps
 from mmlib.vlm.chat import chat_tokenizer, description_data, instruction_data, mix
 from mmlib.vlm.connectors import make_connector
@@ -139,33 +140,93 @@ def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module
 
 def train_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, clip: nn.Module | None = None, device=None,
                     progress: bool = True) -> VisionLanguageModel:
-    """Chapter 7b's describer trained by ``recipe``: what ``benchmarks/train_describer.py`` ships."""
+    """Chapter 7b's describer trained by ``recipe`` (``train_vision_language_model``)."""
     return train_vision_language_model(recipe, clip=clip, device=device, progress=progress)
 
 
-RETRAIN_DESCRIBER = "python benchmarks/train_describer.py"
+# ---------------------------------------------------------------------------------------------
+# Shipped models: trained once by benchmarks/train_vlm.py, loaded by the chapters
+# ---------------------------------------------------------------------------------------------
+
+SHIPPED = {"vqa": VQA, "describer": DESCRIBER}
+"""The recipes whose models ship with mmlib, by the name of their weights: chapter 7's model
+(``vqa.pt``) and chapter 7b's describer (``describer.pt``), each with its text-pretrained
+language model before tuning (``vqa-lm.pt``, ``describer-lm.pt``)."""
+
+
+def retrain_hint(name: str) -> str:
+    """The command that trains the shipped weights ``name`` ('vqa', 'describer', 'all') again."""
+    return f"python benchmarks/train_vlm.py {name}"
+
+
+RETRAIN_DESCRIBER = retrain_hint("describer")
+
+
+def _lm_recipe(recipe: VisionLanguageRecipe) -> dict:
+    """What the language model's pretraining depends on: its recipe and the seed."""
+    return {"lm": asdict(recipe.lm), "seed": recipe.seed}
+
+
+def _shipped_name(recipe: VisionLanguageRecipe, same, path=None) -> str:
+    """The name of the shipped model whose recipe is ``same`` as ``recipe``; with an explicit
+    ``path``, the name only serves the hint ('all' when none matches)."""
+    name = next((n for n, r in SHIPPED.items() if same(r, recipe)), None)
+    if name is None and path is None:
+        raise ValueError(f"no shipped model has this recipe; mmlib ships {sorted(SHIPPED)} "
+                         "(mmlib.vlm.SHIPPED): train it with train_vision_language_model(recipe)")
+    return name or "all"
+
+
+def pretrained_vision_language_model(recipe: VisionLanguageRecipe, *, path=None, device=None
+                                     ) -> VisionLanguageModel:
+    """The model of a recipe in ``SHIPPED`` (chapter 7's ``VQA``, chapter 7b's ``DESCRIBER``),
+    loaded from the weights shipped with mmlib: what ``train_vision_language_model(recipe)``
+    returns, its frozen copy of chapter 4's image tower included (so it matches on any machine).
+    It reads 32-pixel images. A missing file or one trained by another recipe raises a
+    ValueError that says how to train it again."""
+    from mmlib.pretrain import image_tower
+
+    name = _shipped_name(recipe, lambda a, b: a == b, path)
+    model = vision_language_model(recipe, image_tower(), language_model(recipe))
+    shipped.load(model, path if path is not None else shipped.path_of(name), asdict(recipe), retrain_hint(name))
+    return model.to(device or default_device()).eval()
+
+
+def pretrained_language_model(recipe: VisionLanguageRecipe, *, path=None, device=None) -> LanguageModel:
+    """The language model that ``pretrain_language_model(recipe)`` trains, before any image,
+    loaded from the weights shipped with mmlib: for any recipe whose ``lm`` and seed are those
+    of a recipe in ``SHIPPED`` (chapter 7c's connectors share chapter 7's). Errors as
+    ``pretrained_vision_language_model``."""
+    same = lambda a, b: _lm_recipe(a) == _lm_recipe(b)  # noqa: E731
+    name = _shipped_name(recipe, same, path)
+    lm = language_model(recipe)
+    shipped.load(lm, path if path is not None else shipped.path_of(f"{name}-lm"), _lm_recipe(recipe),
+                 retrain_hint(name))
+    return lm.to(device or default_device()).eval()
 
 
 def pretrained_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, path=None, device=None
                          ) -> VisionLanguageModel:
-    """Chapter 7b's describer trained by ``recipe``, loaded from the weights shipped with mmlib
-    (its frozen copy of chapter 4's image tower included, so it matches on any machine). It reads
-    32-pixel images. A missing file or one trained by another recipe raises a ValueError that
-    says how to train it again."""
-    from mmlib.pretrain import image_tower
+    """Chapter 7b's describer (``pretrained_vision_language_model(DESCRIBER)``): chapter 8 reads
+    its generated images with it."""
+    return pretrained_vision_language_model(recipe, path=path, device=device)
 
-    model = vision_language_model(recipe, image_tower(), language_model(recipe))
-    shipped.load(model, path if path is not None else shipped.path_of("describer"), asdict(recipe),
-                 RETRAIN_DESCRIBER)
-    return model.to(device or default_device()).eval()
+
+def shipped_record(recipe: VisionLanguageRecipe, part: str = "model") -> dict:
+    """What the shipped weights of ``recipe`` say about their training: 'recipe', 'seconds'
+    (of the tuning for part='model', of the text pretraining for part='lm'), 'torch', 'cpus'."""
+    if part not in ("model", "lm"):
+        raise ValueError(f"part is 'model' or 'lm', got {part!r}")
+    name = _shipped_name(recipe, lambda a, b: a == b)
+    return shipped.record(shipped.path_of(name if part == "model" else f"{name}-lm"), retrain_hint(name))
 
 
 def describer_record() -> dict:
-    """What the shipped describer's weights say about their training: 'recipe', 'seconds',
-    'torch', 'cpus'."""
-    return shipped.record(shipped.path_of("describer"), RETRAIN_DESCRIBER)
+    """``shipped_record(DESCRIBER)``."""
+    return shipped_record(DESCRIBER)
 
 
 __all__ = ["tuning_data", "text_data", "alignment_data", "align", "language_model", "pretrain_language_model", "vision_language_model", "tune",
-           "train_vision_language_model", "train_describer", "RETRAIN_DESCRIBER", "pretrained_describer",
-           "describer_record"]
+           "train_vision_language_model", "train_describer", "SHIPPED", "retrain_hint", "RETRAIN_DESCRIBER",
+           "pretrained_vision_language_model", "pretrained_language_model", "pretrained_describer",
+           "shipped_record", "describer_record"]
