@@ -107,10 +107,14 @@ def _describe(r):
     full, clip, described = r["recipe"], _clip(), V.test_sets()["descriptions"]
     lm, _ = V.pretrain_language_model(full, progress=False)
     data, out = V.tuning_data(full), {}
-    for name, recipe in (("full", full), ("lora", r["lora_recipe"])):
+    for name, recipe in (("full", full), ("lora", r["lora_recipe"]), ("lora + positions", r["positions_recipe"])):
         model = V.vision_language_model(recipe, clip.image_encoder, lm)
         V.tune(model, data, recipe, progress=False)
-        out[f"object F1, {name}"] = V.description_scores(V.describe(model, described), described.scenes)["f1"]
+        said = V.describe(model, described)
+        out[f"object F1, {name}"] = V.description_scores(said, described.scenes)["f1"]
+        if name != "full":  # the suspect: later positions, frozen
+            for n, f1 in V.f1_by_count(said, described.scenes).items():
+                out[f"object F1 on {n} object{'s' * (n > 1)}, {name}"] = f1
         for t in (R.TEMPERATURES[0], R.TEMPERATURES[-1]) if name == "full" else ():
             said = V.describe(model, described, temperature=t, generator=V.sampling_generator(model, full.seed))
             out[f"CHAIR_i, T = {t}"] = V.chair(said, described.scenes)["chair_i"]
@@ -167,7 +171,8 @@ CLAIMS = {
     "normalisation": Claim("05_transfer", {"recipe": R.TransferRecipe()}, _normalisation),
     "lit": Claim("05_transfer", {"lit_recipe": R.LitRecipe()}, _lit),
     "vlm": Claim("07_vlm", {"recipe": R.VQA}, _vlm),
-    "describe": Claim("07b_describe", {"recipe": R.DESCRIBER, "lora_recipe": R.DESCRIBER_LORA}, _describe),
+    "describe": Claim("07b_describe", {"recipe": R.DESCRIBER, "lora_recipe": R.DESCRIBER_LORA,
+                                       "positions_recipe": R.DESCRIBER_LORA_POSITIONS}, _describe),
     "connectors": Claim("07c_connectors", {"recipes": R.CONNECTOR_RECIPES}, _connectors),
     "llava": Claim("07c_connectors", {"llava_recipes": R.LLAVA_RECIPES}, _connectors),
     "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},

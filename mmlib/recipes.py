@@ -18,7 +18,7 @@ recipe                     chapter   trained or run by
 ``LitRecipe``              5         ``mmlib.pretrain.compare_lit``
 ``DDP_SAME_LOSS``, ...     6         ``python -m mmlib.pretrain`` under ``mmlib.distributed.launch``
 ``VisionLanguageRecipe``   7-7c, 8   ``mmlib.vlm.tuning``: ``VQA``, ``DESCRIBER``, ``DESCRIBER_LORA``,
-                                     ``CONNECTOR_RECIPES``
+                                     ``DESCRIBER_LORA_POSITIONS``, ``CONNECTOR_RECIPES``
 ``JudgeRecipe``            8         ``mmlib.generate.train_judge`` (shipped)
 ``GeneratorRecipe``        8         ``mmlib.generate.train_generator`` (shipped)
 =========================  ========  ==============================================================
@@ -240,6 +240,9 @@ DESCRIBER_LORA = replace(DESCRIBER, lora_rank=4, optim=replace(DESCRIBER.optim, 
 """Chapter 7b's LoRA run: the describer's recipe with rank-4 adapters instead of full tuning (a
 larger learning rate for the adapters, the connector's kept near the full run's)."""
 
+DESCRIBER_LORA_POSITIONS = replace(DESCRIBER_LORA, lora_positions=True)
+"""Chapter 7b's test of one suspect: the LoRA run with the LM's position embeddings trainable."""
+
 COMPARED = {"linear": ("linear", {"pool": 2}), "mlp": ("mlp", {"pool": 2}), "resampler": ("resampler", {"m": 4}),
             "instruction": ("instruction", {"m": 4}), "cross_attention": ("cross_attention", {})}
 """Chapter 7c's five connectors as (name, options): LLaVA's linear map and LLaVA-1.5's MLP on the
@@ -324,5 +327,5 @@ def with_seed(recipes, seed: int):
 
 
 __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
-           "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
+           "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "DESCRIBER_LORA_POSITIONS", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

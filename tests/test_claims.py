@@ -124,7 +124,8 @@ STATED = {
     "vlm": {"beats": [("with the image", "blind"), ("with the image", "held-out pairs"),
                       ("POPE random, accuracy", "POPE adversarial, accuracy")], "ties": []},
     "describe": {"beats": [("object F1, full", "object F1, lora"), ("CHAIR_i, T = 1.5", "CHAIR_i, T = 0.0")],
-                 "ties": []},
+                 "ties": [(f"object F1{p}, lora + positions", f"object F1{p}, lora")
+                          for p in ("", " on 1 object", " on 2 objects", " on 3 objects")]},
     "connectors": {"beats": [(f"{a}, overall", f"{b}, overall") for a, b in (
                        ("instruction", "resampler"), ("linear", "resampler"), ("mlp", "resampler"),
                        ("instruction", "linear"), ("instruction", "mlp"), ("cross_attention", "resampler"))],

@@ -287,6 +287,20 @@ def test_the_shipped_generator_loads_and_draws_the_colour_it_is_asked_for():
         assert names[counts[:-1].argmax()] == want, counts
 
 
+def test_upsample2_is_nearest_upsampling_with_and_without_gradients():
+    """Sampling takes the fast copy, training F.interpolate: the same values, bit for bit."""
+    from torch.nn import functional as F
+
+    from mmlib.generate.unet import upsample2
+
+    x = torch.randn(3, 5, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        fast = upsample2(x)
+    slow = upsample2(x)
+    assert torch.equal(fast, F.interpolate(x, scale_factor=2.0)) and torch.equal(fast, slow)
+    assert slow.requires_grad and fast.shape == (3, 5, 8, 8)
+
+
 def test_the_shipped_judge_reads_fresh_renders_and_refuses_other_recipes(tmp_path):
     """Chapter 8 loads the judge its recipe trains; it reads fresh one- and two-object renders
     (the chapter shows >= 0.99 per attribute), and refuses weights of another recipe."""

@@ -133,6 +133,16 @@ def description_scores(descriptions: Sequence[str], scenes) -> dict[str, float]:
             "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
 
 
+def f1_by_count(descriptions: Sequence[str], scenes) -> dict[int, float]:
+    """Object F1 (``description_scores``) separately for the scenes of each number of objects:
+    {1: ..., 2: ..., 3: ...} for the counts that occur. Descriptions of more objects are longer."""
+    if len(descriptions) != len(scenes) or not len(scenes):
+        raise ValueError(f"need one description per scene: got {len(descriptions)} for {len(scenes)} scenes")
+    counts = np.asarray(scenes.count)
+    return {int(n): description_scores([d for d, c in zip(descriptions, counts) if c == n],
+                                       scenes[counts == n])["f1"] for n in np.unique(counts)}
+
+
 def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
     """CHAIR (Rohrbach et al. 2018) for descriptions of scenes: CHAIR_i, the share of mentioned
     objects (colour and shape; each counted once per description, as ``description_scores``
@@ -245,4 +255,4 @@ def pope_by_pair(model, data: WorldDataset, strategy: str, popular: Sequence[tup
 
 
 __all__ = ["answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
-           "description_scores", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]
+           "description_scores", "f1_by_count", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]
