@@ -15,7 +15,9 @@ The speed line: before the chapters, the benchmark times a fixed reference workl
 training steps of a small CNN and a Transformer layer, the book's kind of work, on the threads
 ``mmlib.setup`` would choose) and reports each chapter's time also in units of that workload.
 Times from two machines compare in units; a reader's own unit, times a chapter's units,
-predicts the chapter's time on their machine.
+predicts the chapter's time on their machine. A shared machine's speed drifts by 10-20 % within
+minutes, so the workload is timed again just before each chapter, and the chapter's units are
+its seconds over that local unit.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = tempfile.TemporaryDirectory()
     env = {**os.environ, "MMLIB_CACHE": cache.name}
     for number, path in enumerate(notebooks, 1):
-        print(f"[{number}/{len(notebooks)}] {path.name} ...", end=" ", flush=True)
+        local = reference_workload(repeats=2)  # the machine's speed now (it drifts)
+        print(f"[{number}/{len(notebooks)}] {path.name} (unit {local:.2f} s) ...", end=" ", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
                               env=env)
         if proc.returncode != 0:
@@ -141,29 +144,32 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             failed.append(path.name)
             continue
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{rows[-1]['wall_s']:.0f} s ({rows[-1]['wall_s'] / unit:.0f} units), "
+        rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "unit_s": local})
+        print(f"{rows[-1]['wall_s']:.0f} s ({rows[-1]['wall_s'] / local:.1f} units), "
               f"peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
         if rows[-1]["wall_s"] > PROFILE_OVER:
             for cell in rows[-1]["slowest"]:
                 print(f"      cell {cell['cell']:>2}: {cell['seconds']:>5.1f} s  {cell['first line']}", flush=True)
     cache.cleanup()
     width = max(len(r["notebook"]) for r in rows)
-    print(f"{'notebook':<{width}}  {'wall s':>8}  {'units':>6}  {'peak MB':>8}")
+    print(f"{'notebook':<{width}}  {'wall s':>8}  {'unit s':>6}  {'units':>6}  {'peak MB':>8}")
     for r in rows:
-        print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['wall_s'] / unit:>6.1f}  {r['peak_mb']:>8.0f}")
-    total = sum(r["wall_s"] for r in rows)
-    print(f"{'total':<{width}}  {total:>8.1f}  {total / unit:>6.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
-    print(f"(1 unit = {unit:.2f} s, the reference workload on this machine)")
+        print(f"{r['notebook']:<{width}}  {r['wall_s']:>8.1f}  {r['unit_s']:>6.2f}  {r['wall_s'] / r['unit_s']:>6.1f}  "
+              f"{r['peak_mb']:>8.0f}")
+    total, units = sum(r["wall_s"] for r in rows), sum(r["wall_s"] / r["unit_s"] for r in rows)
+    unit = sorted(r["unit_s"] for r in rows)[len(rows) // 2]  # the machine's typical unit in this run
+    print(f"{'total':<{width}}  {total:>8.1f}  {unit:>6.2f}  {units:>6.1f}  {max(r['peak_mb'] for r in rows):>8.0f} (max)")
+    print(f"(1 unit = the reference workload's time, measured before each chapter; median {unit:.2f} s)")
     if args.write:
         path = ROOT / "mmlib" / "chapter_times.json"
         stored = json.loads(path.read_text()) if path.exists() else {"chapters": {}}
         stored.update(measured=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(), unit_s=round(unit, 3),
                       note="wall time of a fresh-kernel run, machine otherwise idle (benchmarks/run.py); "
-                           "units: wall time over unit_s, the reference workload's time on that machine")
+                           "units: wall time over the reference workload's time measured just before "
+                           "the chapter; unit_s: its median over the run")
         for r in rows:
             stored["chapters"][Path(r["notebook"]).stem] = {"wall_s": round(r["wall_s"], 1),
-                                                             "units": round(r["wall_s"] / unit, 1),
+                                                             "units": round(r["wall_s"] / r["unit_s"], 1),
                                                              "peak_mb": round(r["peak_mb"])}
         path.write_text(json.dumps(stored, indent=1) + "\n")
     if failed:
