@@ -10,7 +10,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mmlib"
 
 LAYERS = [
-    {"spectrogram", "algorithms", "objectives", "metrics", "distributed", "lm", "checkpoint", "freezing"},  # plain torch
+    {"spectrogram", "algorithms", "objectives", "alignment", "metrics", "distributed", "lm", "checkpoint",
+     "freezing"},  # plain torch
     {"world", "plot"},
     {"text", "timeline"},
     {"data", "encoders"},
