@@ -2,8 +2,8 @@
 
     python benchmarks/train_judge.py        # train by mmlib.recipes.JudgeRecipe(), report, save
 
-The judge is a small CNN that reads generated images (``mmlib.generate.train_judge``, about
-half a minute on two CPU cores). Chapter 8 needs it before it can score anything, and its
+The judge is a small CNN that reads generated images (``mmlib.generate.train_judge``, under
+a minute on two CPU cores). Chapter 8 needs it before it can score anything, and its
 minute goes to the generator, so the recipe runs here once and the weights land in
 ``mmlib/weights/judge.pt`` with the recipe, the time it took and the versions used. Rerun this
 after changing the judge's code or its recipe (``pretrained_judge`` refuses weights of another

@@ -1,16 +1,16 @@
-"""Preference tuning as plain functions of log-probabilities: the DPO loss (chapter 9).
+"""Preference tuning as plain functions of log-probabilities: the DPO loss (for chapter 9, in preparation).
 
 InstructGPT aligned GPT-3 in three steps: supervised tuning on demonstrations, a reward model
 fitted to labellers' rankings, then PPO against that reward with a KL penalty that keeps the
 policy near the tuned model (Ouyang et al. 2022). Direct preference optimisation (Rafailov et
 al. 2023) starts from the same KL-regularised objective, max E[r(x, y)] - beta KL(pi || pi_ref),
 whose optimal policy is pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x). Solved for the
-reward, r(x, y) = beta log pi*(y|x) / pi_ref(y|x) + beta log Z(x); in the Bradley-Terry
+reward, r(x, y) = beta log [pi*(y|x) / pi_ref(y|x)] + beta log Z(x); in the Bradley-Terry
 probability that y_w is preferred to y_l, sigma(r(x, y_w) - r(x, y_l)), the partition function
 Z(x) cancels. What is left is a loss on the policy alone, with no reward model and no sampling
 while training:
 
-    L = -log sigma(beta [log pi(y_w|x) / pi_ref(y_w|x) - log pi(y_l|x) / pi_ref(y_l|x)])
+    L = -log sigma(beta [log (pi(y_w|x) / pi_ref(y_w|x)) - log (pi(y_l|x) / pi_ref(y_l|x))])
 
 ``sequence_log_probs`` sums a model's token log-probabilities over the answer; ``dpo_loss`` and
 ``implicit_rewards`` take those sums, for the policy and the frozen reference.
@@ -24,7 +24,9 @@ from torch.nn import functional as F
 
 def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log pi(y|x) per sequence: the log-probabilities of ``targets`` (B, T) under ``logits``
-    (B, T, V), summed where ``mask`` (B, T) is True (the answer's tokens). Returns (B,)."""
+    (B, T, V), summed where ``mask`` (B, T) is True (the answer's tokens). Returns (B,). The
+    logits must already be aligned with the targets: ``logits[:, j]`` predicts ``targets[:, j]``
+    (for a language model's outputs, drop the last position and the first token)."""
     if logits.dim() != 3 or targets.shape != logits.shape[:2] or mask.shape != targets.shape:
         raise ValueError(f"expected logits (B, T, V) with targets and mask (B, T); got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)} and {tuple(mask.shape)}")
@@ -45,10 +47,11 @@ def _check(beta: float, *log_probs: torch.Tensor) -> None:
 
 def implicit_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
                      reference_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rewards DPO's policy implies, beta log pi(y|x) / pi_ref(y|x), for the chosen and the
-    rejected answers of each pair (each (B,))."""
+    """The rewards DPO's policy implies, beta log [pi(y|x) / pi_ref(y|x)], for the chosen and
+    the rejected answers of each pair (each (B,)). The reference's log-probabilities are
+    constants: no gradient flows into them."""
     _check(beta, policy_chosen, policy_rejected, reference_chosen, reference_rejected)
-    return beta * (policy_chosen - reference_chosen), beta * (policy_rejected - reference_rejected)
+    return beta * (policy_chosen - reference_chosen.detach()), beta * (policy_rejected - reference_rejected.detach())
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -56,7 +59,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     """DPO's loss (Rafailov et al. 2023, eq. 7), averaged over the pairs: -log sigma of the
     margin between the implicit rewards of the chosen and the rejected answer. Arguments are
     sequence log-probabilities (``sequence_log_probs``) of shape (B,); the reference's are
-    constants (computed without gradients)."""
+    treated as constants."""
     chosen, rejected = implicit_rewards(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
     return -F.logsigmoid(chosen - rejected).mean()
 

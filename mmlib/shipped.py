@@ -6,8 +6,10 @@ beside the rest of its work, so a benchmark script trains each once and its weig
 
 - ``generator.pt`` and ``generator-clip.pt``: chapter 8's text-to-image generator
   (``mmlib.generate.pretrained_generator``; ``benchmarks/train_generator.py``);
-- ``describer.pt``: chapter 7b's model that describes images
-  (``mmlib.vlm.pretrained_describer``; ``benchmarks/train_describer.py``);
+- ``vqa.pt`` and ``vqa-lm.pt``: chapter 7's model and its language model before tuning;
+  ``describer.pt`` and ``describer-lm.pt``: chapter 7b's describer and its language model
+  (``mmlib.vlm.pretrained_vision_language_model``, ``pretrained_language_model``;
+  ``benchmarks/train_vlm.py``);
 - ``judge.pt``: chapter 8's judge of generated images
   (``mmlib.generate.pretrained_judge``; ``benchmarks/train_judge.py``).
 

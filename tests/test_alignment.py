@@ -37,10 +37,12 @@ def test_dpo_loss_is_the_formula_and_swapping_the_answers_flips_the_margin():
 
 def test_the_gradient_raises_the_chosen_and_lowers_the_rejected_by_the_papers_weight():
     """d loss / d log pi(y_w) = -beta sigma(-margin) / B (eq. 8 of the paper), and the opposite
-    for y_l; the reference gets no gradient because it is passed as constants."""
+    for y_l; the reference gets no gradient, even from tensors that would take one."""
     pc, pr = torch.tensor([-1.0, -4.0], requires_grad=True), torch.tensor([-2.0, -1.0], requires_grad=True)
-    rc, rr, beta = torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0]), 0.5
+    rc, rr = torch.tensor([-1.5, -2.0], requires_grad=True), torch.tensor([-1.5, -2.0], requires_grad=True)
+    beta = 0.5
     dpo_loss(pc, pr, rc, rr, beta).backward()
+    assert rc.grad is None and rr.grad is None, "the reference is a constant"
     weight = torch.sigmoid(-beta * ((pc - rc) - (pr - rr))).detach()
     assert torch.allclose(pc.grad, -beta * weight / 2) and torch.allclose(pr.grad, beta * weight / 2)
     assert weight[1] > weight[0], "the pair the policy ranks wrongly weighs more"

@@ -226,7 +226,7 @@ RETRAIN_JUDGE = "python benchmarks/train_judge.py"
 
 
 def pretrained_judge(recipe: JudgeRecipe = JudgeRecipe(), *, path=None, device=None) -> Judge:
-    """The judge trained by ``recipe`` (``train_judge``, about half a minute on two CPU cores),
+    """The judge trained by ``recipe`` (``train_judge``, under a minute on two CPU cores),
     loaded from the weights shipped with mmlib, so that chapter 8 spends its minute on the
     generator. A missing file or one trained by another recipe raises a ValueError that says how
     to train it again."""
