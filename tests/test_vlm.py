@@ -374,6 +374,21 @@ def test_chair_counts_mentioned_objects_that_are_not_there():
     assert description_scores(repeated, scenes)["precision"] == pytest.approx(2 / 3), "the same counting"
 
 
+def test_chair_by_position_counts_each_mention_where_it_is_named():
+    """The k-th distinct object named: how often, and how often made up. A repeated mention
+    counts once, at its first place; an unreadable description names nothing."""
+    from mmlib.vlm import chair_by_position
+
+    scenes = scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")], [("red", "circle")])
+    descriptions = ["a red circle , a red circle and a blue circle",  # 1st right, 2nd made up
+                    "a large green star",  # 1st right
+                    "gibberish words"]
+    by_k = chair_by_position(descriptions, scenes)
+    assert by_k == {1: {"named": 2, "made_up": 0.0}, 2: {"named": 1, "made_up": 1.0}}
+    with pytest.raises(ValueError, match="3 descriptions for 2 scenes"):
+        chair_by_position(descriptions, scenes_of([("red", "circle")], [("green", "star")]))
+
+
 def test_description_scores_need_colour_and_shape_together():
     scenes = scenes_of([("red", "circle"), ("blue", "square")], [("green", "star")])
     swapped = "the red square is left of the blue circle"  # a binding error: both objects wrong

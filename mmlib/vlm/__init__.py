@@ -19,6 +19,7 @@ from mmlib.vlm.chat import (CHAT_TOKENS, DESCRIBE, QUESTION_KINDS, TEST_SIZES, c
 from mmlib.vlm.connectors import (CONNECTORS, Connector, CrossAttentionConnector, GatedCrossAttention,
                                   InstructionResampler, LinearConnector, MLPConnector, Resampler, make_connector)
 from mmlib.vlm.evaluation import (POPE_STRATEGIES, POPULAR_TOP_K, PROBE_SEED, accuracy_by_type, answer_cost, chair,
+                                  chair_by_position,
                                   crossed_share, describe, pope_by_pair,
                                   description_scores, f1_by_count, majority_baseline, mentioned, ask_pope, pope_probes, pope_scores,
                                   popular_pairs, sampling_generator, vqa_accuracy)
@@ -33,7 +34,7 @@ __all__ = ["align", "alignment_data", "answer_cost", "POPULAR_TOP_K", "crossed_s
            "description_data", "descriptions_of", "instruction_data", "mix", "question_type", "test_sets",
            "CONNECTORS", "Connector", "CrossAttentionConnector", "GatedCrossAttention", "InstructionResampler",
            "LinearConnector", "MLPConnector", "Resampler", "make_connector", "POPE_STRATEGIES", "PROBE_SEED",
-           "accuracy_by_type", "chair", "describe", "description_scores", "f1_by_count", "majority_baseline", "mentioned", "ask_pope", "pope_probes",
+           "accuracy_by_type", "chair", "chair_by_position", "describe", "description_scores", "f1_by_count", "majority_baseline", "mentioned", "ask_pope", "pope_probes",
            "pope_scores", "popular_pairs", "sampling_generator", "vqa_accuracy", "LoRALinear", "add_lora", "merge_lora", "REGIONS", "VisionLanguageModel",
            "chat", "SHIPPED", "retrain_hint", "shipped_record", "pretrained_vision_language_model",
            "pretrained_language_model", "describer_record", "language_model", "pretrain_language_model", "pretrained_describer",

@@ -165,6 +165,24 @@ def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
             "unreadable": unreadable / len(descriptions)}
 
 
+def chair_by_position(descriptions: Sequence[str], scenes) -> dict[int, dict[str, float]]:
+    """CHAIR_i by where an object is named: for the k-th distinct object of each description
+    (k = 1, 2, ...), how many descriptions name a k-th object ('named') and the share of those
+    that are not in the scene ('made_up'). LURE (Zhou et al. 2024) found objects named later made
+    up more often; the parser knows which mention is which, so here it is exact. Descriptions
+    the parser cannot read name no object and are left out (``chair`` counts them)."""
+    if len(descriptions) != len(scenes):
+        raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
+    named: dict[int, int] = {}
+    wrong: dict[int, int] = {}
+    for i, text in enumerate(descriptions):
+        present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
+        for k, pair in enumerate(dict.fromkeys(mentioned(text)), 1):  # distinct, in order
+            named[k] = named.get(k, 0) + 1
+            wrong[k] = wrong.get(k, 0) + (pair not in present)
+    return {k: {"named": named[k], "made_up": wrong[k] / named[k]} for k in sorted(named)}
+
+
 def vqa_accuracy(model, data: WorldDataset, **sampling) -> dict[str, float]:
     """``model``'s replies to ``data``'s questions about its images, scored by
     ``accuracy_by_type``: overall and per kind of question."""
@@ -255,4 +273,4 @@ def pope_by_pair(model, data: WorldDataset, strategy: str, popular: Sequence[tup
 
 
 __all__ = ["answer_cost", "POPULAR_TOP_K", "crossed_share", "pope_by_pair", "accuracy_by_type", "vqa_accuracy", "describe", "sampling_generator", "majority_baseline", "POPE_STRATEGIES", "pope_probes", "pope_scores", "mentioned",
-           "description_scores", "f1_by_count", "chair", "popular_pairs", "PROBE_SEED", "ask_pope"]
+           "description_scores", "f1_by_count", "chair", "chair_by_position", "popular_pairs", "PROBE_SEED", "ask_pope"]
