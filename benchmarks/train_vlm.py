@@ -31,24 +31,19 @@ sys.path.insert(0, str(ROOT))
 from mmlib import shipped  # noqa: E402
 from mmlib.notebook import choose_threads  # noqa: E402
 from mmlib.pretrain import pretrained_clip  # noqa: E402
-from mmlib.vlm import (SHIPPED, align, alignment_data, describe, description_scores,  # noqa: E402
-                       pretrain_language_model, test_sets, tune, tuning_data, vision_language_model, vqa_accuracy)
+from mmlib.vlm import (SHIPPED, describe, description_scores, pretrain_language_model, test_sets,  # noqa: E402
+                       train_vision_language_model, vqa_accuracy)
 from mmlib.vlm.tuning import _lm_recipe  # noqa: E402
 
 
 def train_and_save(name: str, out: Path) -> None:
     recipe = SHIPPED[name]
     clip = pretrained_clip(progress=False)  # from the cache when chapter 4 ran before
+    lm, history = pretrain_language_model(recipe, progress=False)
+    lm_seconds = history.seconds
     began = time.perf_counter()
-    lm, _ = pretrain_language_model(recipe, progress=False)
-    lm_seconds = time.perf_counter() - began
-    model = vision_language_model(recipe, clip.image_encoder, lm)  # copies of the tower and the LM
-    began = time.perf_counter()
-    if recipe.alignment_steps:
-        align(model, alignment_data(recipe), recipe, progress=False)
-    tune(model, tuning_data(recipe), recipe, progress=False)
+    model = train_vision_language_model(recipe, clip=clip, lm=lm, progress=False)  # tunes a copy of lm
     seconds = time.perf_counter() - began
-    model.eval()
     sets = test_sets()
     report = f"VQA accuracy {vqa_accuracy(model, sets['test'])['overall']:.3f}"
     if recipe.descriptions:

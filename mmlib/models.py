@@ -14,6 +14,7 @@ A pretraining model owns its loss: ``model.loss(batch)`` returns a dict of named
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Iterable, Mapping
 
 import torch
@@ -131,8 +132,7 @@ class MultimodalModel(nn.Module):
                  for part in torch.arange(len(data)).split(batch_size)]
         cached = {f"{modality}{part}": torch.cat([getattr(f, name).cpu() for f in parts])
                   for part, name in ((_POOLED, "pooled"), (_TOKENS, "tokens"), (_MASK, "mask"))}
-        return WorldDataset(data.images, {**data.labels, **cached}, data.texts, data.tokens, data.lengths,
-                            data.sounds, data.scenes, data.tokenizer)
+        return dataclasses.replace(data, labels={**data.labels, **cached})
 
     def fuse(self, feats: list) -> torch.Tensor:
         """The fusion layer (with a single modality, its pooled features go straight through it)."""

@@ -132,27 +132,16 @@ def seconds_per_step(model: torch.nn.Module, data, batch_size: int, *, repeat: i
     optimiser's update). Gradients are cleared and the model's mode restored afterwards."""
     if batch_size < 1 or batch_size > len(data):
         raise ValueError(f"batch_size must be between 1 and the {len(data)} examples, got {batch_size}")
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch = data.batch(torch.arange(batch_size), device)
     was_training = model.training
     model.train()
 
-    def step():
-        model.loss(batch)["loss"].backward()
-
     try:
-        step()  # warm-up
-        times = []
-        for _ in range(repeat):
-            began = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - began)
+        return seconds_per_call(lambda: model.loss(batch)["loss"].backward(), repeat=repeat)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return sorted(times)[len(times) // 2]
 
 
 def reference_time(chapter: str) -> str:

@@ -4,6 +4,7 @@ language model that writes the answer; ``chat`` asks it about one image.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -79,8 +80,7 @@ class VisionLanguageModel(nn.Module):
         features = torch.cat([self.regions(data.batch(part, device)[IMAGE]).to("cpu", dtype)
                               for part in torch.arange(len(data)).split(batch_size)])
         self.vision.train(was_training)
-        return WorldDataset(data.images, {**data.labels, REGIONS: features}, data.texts, data.tokens, data.lengths,
-                            data.sounds, data.scenes, data.tokenizer)
+        return dataclasses.replace(data, labels={**data.labels, REGIONS: features})
 
     def adapters(self):
         return list(self.connector.blocks) if isinstance(self.connector, CrossAttentionConnector) else None

@@ -122,15 +122,18 @@ def align(model: VisionLanguageModel, data: WorldDataset, recipe: VisionLanguage
             p.requires_grad_(True)
 
 
-def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module | None = None, device=None,
-                                progress: bool = True) -> VisionLanguageModel:
-    """The whole recipe: pretrain the LM, assemble it with a frozen copy of ``clip``'s image
-    tower (default: chapter 4's ``pretrained_clip()``), align (LLaVA's stage 1, when the recipe
-    has one), tune. Returns the model for evaluation."""
+def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module | None = None,
+                                lm: LanguageModel | None = None, device=None, progress: bool = True
+                                ) -> VisionLanguageModel:
+    """The whole recipe: pretrain the LM (unless ``lm``, already pretrained by this recipe, is
+    given), assemble a copy of it with a frozen copy of ``clip``'s image tower (default: chapter
+    4's ``pretrained_clip()``), align (LLaVA's stage 1, when the recipe has one), tune. Returns
+    the model for evaluation."""
     from mmlib.pretrain import pretrained_clip
 
     clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
-    lm, _ = pretrain_language_model(recipe, device=device, progress=progress)
+    if lm is None:
+        lm, _ = pretrain_language_model(recipe, device=device, progress=progress)
     model = vision_language_model(recipe, clip.image_encoder, lm)
     if recipe.alignment_steps:
         align(model, alignment_data(recipe), recipe, device=device, progress=progress)
