@@ -164,6 +164,33 @@ def _generation(r):
     return out
 
 
+def _align(r):
+    from dataclasses import replace
+
+    from mmlib import vlm as V
+    from mmlib.vlm import preference as P
+
+    recipe, sets = r["recipe"], V.test_sets()
+    described, asked = sets["descriptions"], sets["test"]
+    model = P.describer_for(recipe, progress=False)
+    pairs = P.preference_pairs(model, recipe)  # every method learns from the same scored samples
+    out = {f"{k}, before": v for k, v in P.alignment_scores(model, described, asked, recipe.seed).items()}
+    runs = {**{name: m for name, m in r["recipes"].items()},
+            **{f"beta = {b:g}": replace(recipe, beta=b) for b in R.DPO_BETAS}}
+    tuned = {}
+    for name, method in runs.items():
+        if method not in tuned:
+            tuned[method] = P.tune_preferences(method, model, pairs, progress=False)[0]
+        policy = tuned[method]
+        out.update({f"{k}, {name}": v for k, v in P.alignment_scores(policy, described, asked, recipe.seed).items()})
+        out[f"KL, {name}"] = P.kl_from_reference(policy, model, described, seed=recipe.seed)
+        if name in r["recipes"]:  # on the training pairs: did the chosen answers become likelier?
+            shift = P.log_prob_shift(policy, pairs)
+            out[f"log-ratio of chosen, {name}"] = shift["chosen"]
+            out[f"log-ratio of rejected, {name}"] = shift["rejected"]
+    return out
+
+
 CLAIMS = {
     "fusion": Claim("03_algorithms", {"recipe": R.FusionRecipe()}, _fusion),
     "siglip": Claim("04b_objectives", {"recipe": R.ObjectivesRecipe()}, _siglip),
@@ -177,6 +204,7 @@ CLAIMS = {
     "llava": Claim("07c_connectors", {"llava_recipes": R.LLAVA_RECIPES}, _connectors),
     "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},
                         _generation),
+    "align": Claim("09_alignment", {"recipe": R.ALIGN, "recipes": R.ALIGN_METHODS}, _align),
 }
 """Every comparison the book ranks, by name (the names ``benchmarks/seeds.py`` takes)."""
 
@@ -242,21 +270,27 @@ def beats(claim: str, a: str, b: str) -> bool:
     return difference["low"] > 0
 
 
-def verdict(claim: str, a: str, b: str) -> str:
-    """'a beats b', 'b beats a' or 'tie', by ``beats``."""
+def verdict(claim: str, a: str, b: str, lower_is_better: bool = False) -> str:
+    """'a beats b', 'b beats a' or 'tie', by ``beats``. For a measure where less is better (a
+    hallucination rate), ``lower_is_better`` says whether a is 'lower' or 'higher' than b by the
+    same rule, or 'tie'."""
+    if lower_is_better:
+        return "lower" if beats(claim, b, a) else "higher" if beats(claim, a, b) else "tie"
     return f"{a} beats {b}" if beats(claim, a, b) else f"{b} beats {a}" if beats(claim, b, a) else "tie"
 
 
-def comparison_table(claim: str, pairs, this_run: Mapping[str, float] | None = None):
+def comparison_table(claim: str, pairs, this_run: Mapping[str, float] | None = None,
+                     lower_is_better: bool = False):
     """The rankings a chapter states, as the benchmark measured them: for each (a, b) of
     ``pairs``, this run's difference (when ``this_run`` is given), the mean paired difference
-    over seeds with its 95 % interval, and the verdict of the book's rule."""
+    over seeds with its 95 % interval, and the verdict of the book's rule (``verdict``; with
+    ``lower_is_better``, whether a is lower than b)."""
     body = {}
     for a, b in pairs:
         d = paired(claim, a, b)
         row = {} if this_run is None else {"this run": this_run[a] - this_run[b]}
         row.update({"mean difference": d["mean"], "95 % interval": f"{d['low']:+.3f} to {d['high']:+.3f}",
-                    "seeds": d["seeds"], "verdict": verdict(claim, a, b)})
+                    "seeds": d["seeds"], "verdict": verdict(claim, a, b, lower_is_better)})
         body[f"{a} − {b}"] = row
     return table(body)
 

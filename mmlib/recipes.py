@@ -21,6 +21,7 @@ recipe                     chapter   trained or run by
                                      ``DESCRIBER_LORA_POSITIONS``, ``CONNECTOR_RECIPES``
 ``JudgeRecipe``            8         ``mmlib.generate.train_judge`` (shipped)
 ``GeneratorRecipe``        8         ``mmlib.generate.train_generator`` (shipped)
+``PreferenceRecipe``       9         ``mmlib.vlm.preference.tune_preferences``: ``ALIGN``, ``ALIGN_METHODS``
 =========================  ========  ==============================================================
 """
 
@@ -306,6 +307,65 @@ class GeneratorRecipe:
 
 
 # ---------------------------------------------------------------------------------------------
+# Chapter 9: preference tuning against hallucination
+# ---------------------------------------------------------------------------------------------
+
+PREFERENCE_METHODS = ("dpo", "dpo+nll", "best-of-n")
+PREFERENCE_REWARDS = ("f1", "precision")
+
+
+@dataclass(frozen=True)
+class PreferenceRecipe:
+    """Chapter 9: chapter 7b's describer (``base`` at this recipe's seed) tuned on its own
+    samples. Each of ``scenes`` training scenes is described ``samples`` times at
+    ``temperature``; the world scores every description exactly by ``reward`` ('f1': object F1
+    against the scene; 'precision': the share of the objects named that are there, 1 when none
+    is named), and the best and the worst of a scene, where they differ, make a preference
+    pair. ``method``: 'dpo' (DPO's loss of strength ``beta``, the describer frozen as the
+    reference), 'dpo+nll' (DPO plus the chosen answers' tuning loss), 'best-of-n' (rejection
+    sampling fine-tuning: the tuning loss on the chosen answers alone). ``steps`` steps of
+    ``batch_size`` pairs."""
+
+    method: str = "dpo+nll"
+    beta: float = 0.1
+    reward: str = "f1"
+    scenes: int = 2_000
+    samples: int = 4
+    temperature: float = 1.0
+    steps: int = 200
+    batch_size: int = 32
+    optim: Optimisation = Optimisation(lr=3e-5, weight_decay=0.0)
+    base: VisionLanguageRecipe = DESCRIBER
+    seed: int = 0
+
+    def __post_init__(self):
+        _seeded(self)
+        if self.method not in PREFERENCE_METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {PREFERENCE_METHODS}")
+        if self.reward not in PREFERENCE_REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}: choose one of {PREFERENCE_REWARDS}")
+        if not self.beta > 0 or self.samples < 2 or not self.temperature > 0:
+            raise ValueError(f"need beta > 0, samples >= 2 and temperature > 0; got {self.beta}, "
+                             f"{self.samples} and {self.temperature}")
+
+    @property
+    def describer(self) -> VisionLanguageRecipe:
+        """The recipe of the describer tuned here: ``base`` at this recipe's seed."""
+        return replace(self.base, seed=self.seed)
+
+
+ALIGN = PreferenceRecipe()
+"""Chapter 9's alignment run: DPO with the chosen answers' likelihood kept up."""
+
+ALIGN_METHODS = {"DPO": replace(ALIGN, method="dpo"), "DPO + NLL": ALIGN,
+                 "best-of-n": replace(ALIGN, method="best-of-n")}
+"""Chapter 9's three ways to learn from the same scored samples, at equal steps."""
+
+DPO_BETAS = (0.05, 0.1, 0.5)
+"""Chapter 9's strengths of DPO's KL constraint (``ALIGN`` with each beta)."""
+
+
+# ---------------------------------------------------------------------------------------------
 # Compared settings that are not training: how the trained models are asked
 # ---------------------------------------------------------------------------------------------
 
@@ -328,4 +388,5 @@ def with_seed(recipes, seed: int):
 
 __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
            "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "DESCRIBER_LORA_POSITIONS", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
-           "JudgeRecipe", "GeneratorRecipe", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]
+           "JudgeRecipe", "GeneratorRecipe", "PREFERENCE_METHODS", "PREFERENCE_REWARDS",
+           "PreferenceRecipe", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

@@ -1,0 +1,190 @@
+"""mmlib.vlm.preference (chapter 9): exact rewards of descriptions, sequence log-probabilities of
+answers, preference pairs from a model's own samples, the three methods' losses against their
+formulas, and the KL from the reference."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mmlib import world
+from mmlib.alignment import dpo_loss
+from mmlib.recipes import ALIGN, ALIGN_METHODS, DESCRIBER, DPO_BETAS, PreferenceRecipe
+from mmlib.vlm import DESCRIBE, chat_sequences, chat_tokenizer, description_data, descriptions_of
+from mmlib.vlm.model import REGIONS
+from mmlib.vlm.preference import (PreferenceTuning, answer_log_probs, description_rewards, kl_from_reference,
+                                  pair_answers, preference_pairs, tune_preferences)
+from tests.test_vlm import small_vlm
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return chat_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return world.sample_scenes(3, n_objects=(2, 2), seed=4)
+
+
+def test_rewards_score_each_description_exactly(scenes):
+    """F1 and precision by hand: the reference description is perfect; one object of two right
+    with one made up is F1 1/2, precision 1/2; nothing readable is F1 0 but precision 1."""
+    truth = descriptions_of(scenes)
+    a = scenes.objects(1)[0]
+    wrong = next((c, s) for c in world.COLORS for s in scenes.shapes
+                 if (c, s) not in {(o["color"], o["shape"]) for o in scenes.objects(1)})
+    half = f"the {a['color']} {a['shape']} is left of the {wrong[0]} {wrong[1]}"
+    said = [truth[0], half, "look here"]
+    assert description_rewards(said, scenes, "f1").tolist() == [1.0, 0.5, 0.0]
+    assert description_rewards(said, scenes, "precision").tolist() == [1.0, 0.5, 1.0]
+
+
+def test_rewards_refuse_unknown_kinds_and_mismatched_lengths(scenes):
+    with pytest.raises(ValueError, match="unknown reward 'recall'"):
+        description_rewards(["a red circle"] * 3, scenes, "recall")
+    with pytest.raises(ValueError, match="one description per scene"):
+        description_rewards(["a red circle"], scenes)
+
+
+def test_answer_log_probs_sum_the_answer_tokens_only(tok, scenes):
+    """log pi(answer) by hand: the log-softmax of each answer token (and <eos>) given what comes
+    before it; the instruction's tokens and the padding add nothing."""
+    model = small_vlm(tok, "mlp").eval()
+    tokens, starts = chat_sequences(tok, [DESCRIBE] * 2, ["a red circle", "two shapes : a red circle and a blue star"])
+    images = world.render_images(scenes[:2])
+    regions = model.regions(images)
+    got = answer_log_probs(model, tokens, starts, regions)
+    logits = model(images, tokens)
+    for b in range(2):
+        end = int((tokens[b] != tok.pad_id).sum())
+        logp = logits[b].log_softmax(-1)
+        expected = sum(logp[t - 1, tokens[b, t]] for t in range(int(starts[b]), end))
+        torch.testing.assert_close(got[b], expected)
+    with pytest.raises(ValueError, match="one start and one image per sequence"):
+        answer_log_probs(model, tokens, starts[:1], regions)
+
+
+@pytest.fixture(scope="module")
+def pairs_and_model():
+    """Pairs from the shipped describer's own samples (an untrained model rarely names an
+    object, so its samples all score 0)."""
+    from mmlib.vlm import pretrained_describer
+
+    model = pretrained_describer(device="cpu")
+    recipe = replace(ALIGN, scenes=32, samples=3, temperature=1.5, steps=2, batch_size=4)
+    return preference_pairs(model, recipe), model, recipe
+
+
+def test_preference_pairs_keep_the_best_and_the_worst_with_the_references_log_probs(pairs_and_model):
+    pairs, model, _ = pairs_and_model
+    labels = pairs.labels
+    assert len(pairs) >= 8 and (labels["chosen_score"] > labels["rejected_score"]).all()
+    assert labels["chosen_score"].tolist() == pytest.approx(description_rewards(pairs.texts, pairs.scenes).tolist())
+    assert pair_answers(pairs, "chosen") == pairs.texts
+    rejected = description_rewards(pair_answers(pairs, "rejected"), pairs.scenes)
+    assert labels["rejected_score"].tolist() == pytest.approx(rejected.tolist())
+    regions = model.regions(pairs.float_images())
+    torch.testing.assert_close(labels[REGIONS], regions)
+    torch.testing.assert_close(labels["reference_rejected"],
+                               answer_log_probs(model, labels["rejected"], labels["rejected_start"], regions))
+
+
+def test_each_method_s_loss_is_its_formula(pairs_and_model):
+    """DPO is dpo_loss of the policy's and the reference's log-probabilities (log 2 while the
+    policy is the reference); DPO + NLL adds the tuning loss of the chosen answers; best-of-n
+    is that tuning loss alone."""
+    pairs, model, _ = pairs_and_model
+    batch = pairs.batch(torch.arange(min(4, len(pairs))))
+    losses = {m: PreferenceTuning(model, m, beta=0.5).loss(batch)["loss"] for m in ("dpo", "dpo+nll", "best-of-n")}
+    torch.testing.assert_close(losses["dpo"], torch.tensor(np.log(2), dtype=torch.float32))
+    chosen = {"image": batch["image"], "tokens": batch["chosen"], "answer_start": batch["chosen_start"],
+              REGIONS: batch[REGIONS]}
+    nll = model.loss(chosen)["loss"]
+    torch.testing.assert_close(losses["best-of-n"], nll)
+    torch.testing.assert_close(losses["dpo+nll"], losses["dpo"] + nll)
+    moved = {k: v + 0.3 * torch.arange(len(v)) for k, v in batch.items() if k.startswith("reference")}
+    value = PreferenceTuning(model, "dpo", beta=0.5).loss({**batch, **moved})["loss"]
+    pc = answer_log_probs(model, batch["chosen"], batch["chosen_start"], batch[REGIONS])
+    pr = answer_log_probs(model, batch["rejected"], batch["rejected_start"], batch[REGIONS])
+    torch.testing.assert_close(value, dpo_loss(pc, pr, moved["reference_chosen"], moved["reference_rejected"], 0.5))
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        PreferenceTuning(model, "ppo")
+
+
+def test_tuning_moves_the_policy_away_from_a_reference_left_unchanged(pairs_and_model):
+    """Two steps of DPO + NLL: the reference's weights stay as they were, the policy's change,
+    and the KL between them (zero for the reference against itself) is no longer zero."""
+    pairs, model, recipe = pairs_and_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    described = description_data(8, split="test", seed=9)
+    assert kl_from_reference(model, model, described) == pytest.approx(0.0, abs=1e-5)
+    policy, history, same = tune_preferences(replace(recipe, optim=replace(recipe.optim, lr=1e-2)), model, pairs,
+                                             progress=False)
+    assert same is pairs and len(history.loss) == recipe.steps
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert abs(kl_from_reference(policy, model, described)) > 1e-4
+
+
+def test_preference_recipes_check_their_fields():
+    assert ALIGN.describer == DESCRIBER and replace(ALIGN, seed=3).describer == replace(DESCRIBER, seed=3)
+    assert set(ALIGN_METHODS) == {"DPO", "DPO + NLL", "best-of-n"} and ALIGN in ALIGN_METHODS.values()
+    assert ALIGN.beta in DPO_BETAS
+    with pytest.raises(ValueError, match="unknown method"):
+        PreferenceRecipe(method="rlhf")
+    with pytest.raises(ValueError, match="unknown reward"):
+        PreferenceRecipe(reward="length")
+    with pytest.raises(ValueError, match="beta > 0"):
+        PreferenceRecipe(beta=0)
+
+
+# --- visual contrastive decoding ---------------------------------------------------------------
+
+def test_contrastive_logits_follow_vcd_s_formula_and_cut_off():
+    """(1 + a) real - a other where p(real) >= cutoff * max p(real), -inf elsewhere."""
+    from mmlib.vlm.decoding import contrastive_logits
+
+    real = torch.log(torch.tensor([[0.6, 0.3, 0.08, 0.02]]))
+    other = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1]]))
+    got = contrastive_logits(real, other, alpha=1.0, cutoff=0.2)
+    expected = 2 * real - other
+    assert torch.isinf(got[0, 2:]).all() and got[0, 2:].lt(0).all()  # 0.08 < 0.2 * 0.6: cut off
+    torch.testing.assert_close(got[0, :2], expected[0, :2])
+    assert got[0].argmax() == 1  # the word the image adds wins over the habitual one
+
+
+def test_contrastive_decoding_without_contrast_is_the_model_s_own_greedy_decoding(tok):
+    """alpha = 0, greedy: the same descriptions as ``describe``; a contrast changes them; bad
+    arguments are refused with what to do."""
+    from mmlib.vlm import describe
+    from mmlib.vlm.decoding import contrastive_describe, distort
+
+    model = small_vlm(tok, "mlp", seed=2).eval()
+    data = description_data(6, split="test", seed=3)
+    assert contrastive_describe(model, data, alpha=0.0) == describe(model, data)
+    assert contrastive_describe(model, data, alpha=3.0, cutoff=0.0, contrast="blind") != describe(model, data)
+    images = data.float_images()
+    torch.testing.assert_close(distort(images, 0.0), images)
+    assert not torch.equal(distort(images, 0.5, seed=1), distort(images, 0.5, seed=2))
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        contrastive_describe(model, data, alpha=-1.0)
+    with pytest.raises(ValueError, match="unknown contrast 'text'"):
+        contrastive_describe(model, data, alpha=1.0, contrast="text")
+    with pytest.raises(ValueError, match="noise is the share"):
+        distort(images, 2.0)
+
+
+def test_log_prob_shift_is_zero_for_the_reference_and_follows_the_tuning(pairs_and_model):
+    """The reference against itself moved nothing; best-of-n, which raises the chosen answers'
+    likelihood by its loss, makes them likelier on average after a few steps."""
+    from mmlib.vlm.preference import log_prob_shift
+
+    pairs, model, recipe = pairs_and_model
+    still = log_prob_shift(model, pairs)
+    assert still["chosen"] == pytest.approx(0, abs=1e-5) and still["rejected"] == pytest.approx(0, abs=1e-5)
+    tuned, _, _ = tune_preferences(replace(recipe, method="best-of-n", steps=8, optim=replace(recipe.optim, lr=1e-4)),
+                                   model, pairs, progress=False)
+    moved = log_prob_shift(tuned, pairs)
+    assert moved["chosen"] > 0 and 0 <= moved["chosen fell"] < 0.5
