@@ -54,13 +54,19 @@ def implicit_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     return beta * (policy_chosen - reference_chosen.detach()), beta * (policy_rejected - reference_rejected.detach())
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """DPO's loss (Rafailov et al. 2023, eq. 7), averaged over the pairs: -log sigma of the
-    margin between the implicit rewards of the chosen and the rejected answer. Arguments are
-    sequence log-probabilities (``sequence_log_probs``) of shape (B,); the reference's are
-    treated as constants."""
-    chosen, rejected = implicit_rewards(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+def dpo_loss(policy_chosen: torch.Tensor,
+             policy_rejected: torch.Tensor,
+             reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor,
+             beta: float = 0.1) -> torch.Tensor:
+    """DPO's loss (Rafailov et al. 2023, eq. 7), averaged over the pairs:
+    -log sigma of the margin between the implicit rewards of the chosen and
+    the rejected answer. Arguments are sequence log-probabilities
+    (``sequence_log_probs``) of shape (B,); the reference's are treated as
+    constants."""
+    chosen, rejected = implicit_rewards(
+        policy_chosen, policy_rejected,
+        reference_chosen, reference_rejected, beta)
     return -F.logsigmoid(chosen - rejected).mean()
 
 

@@ -191,6 +191,22 @@ def _align(r):
     return out
 
 
+def _decode(r):
+    from mmlib import vlm as V
+    from mmlib.vlm import preference as P
+    from mmlib.vlm.decoding import contrastive_describe
+
+    recipe, described = r["recipe"], V.test_sets()["descriptions"]
+    model, out = P.describer_for(recipe, progress=False), {}
+    for name, options in R.DECODINGS.items():
+        for t in (0.0, 1.0):
+            said = contrastive_describe(model, described, temperature=t,
+                                        generator=V.sampling_generator(model, recipe.seed), **options)
+            out[f"f1, T = {t:g}, {name}"] = V.description_scores(said, described.scenes)["f1"]
+            out[f"chair_i, T = {t:g}, {name}"] = V.chair(said, described.scenes)["chair_i"]
+    return out
+
+
 CLAIMS = {
     "fusion": Claim("03_algorithms", {"recipe": R.FusionRecipe()}, _fusion),
     "siglip": Claim("04b_objectives", {"recipe": R.ObjectivesRecipe()}, _siglip),
@@ -205,6 +221,7 @@ CLAIMS = {
     "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},
                         _generation),
     "align": Claim("09_alignment", {"recipe": R.ALIGN, "recipes": R.ALIGN_METHODS}, _align),
+    "decode": Claim("09_alignment", {"recipe": R.ALIGN}, _decode),
 }
 """Every comparison the book ranks, by name (the names ``benchmarks/seeds.py`` takes)."""
 

@@ -364,6 +364,14 @@ ALIGN_METHODS = {"DPO": replace(ALIGN, method="dpo"), "DPO + NLL": ALIGN,
 DPO_BETAS = (0.05, 0.1, 0.5)
 """Chapter 9's strengths of DPO's KL constraint (``ALIGN`` with each beta)."""
 
+DECODINGS = {"plain": {"alpha": 0.0, "cutoff": 0.0},
+             "cut-off only": {"alpha": 0.0, "cutoff": 0.1},
+             "VCD, noise": {"alpha": 1.0, "cutoff": 0.1, "contrast": "noise", "noise": 0.5},
+             "VCD, blind": {"alpha": 1.0, "cutoff": 0.1, "contrast": "blind"}}
+"""Chapter 9's decodings (``mmlib.vlm.decoding.contrastive_describe`` arguments): the model's own,
+VCD's plausibility cut-off alone, and VCD (alpha = 1, cut-off 0.1, as in the paper) against the
+image diffused half-way to noise or against no image (the blind LM)."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Compared settings that are not training: how the trained models are asked
@@ -389,4 +397,4 @@ def with_seed(recipes, seed: int):
 __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
            "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "DESCRIBER_LORA_POSITIONS", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "PREFERENCE_METHODS", "PREFERENCE_REWARDS",
-           "PreferenceRecipe", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]
+           "PreferenceRecipe", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "DECODINGS", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

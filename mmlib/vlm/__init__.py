@@ -1,6 +1,6 @@
-"""A multimodal large language model at toy scale (chapters 7, 7b, 7c): a vision encoder, a
+"""A multimodal large language model at toy scale: a vision encoder, a
 connector that turns image features into tokens, and a decoder-only language model that writes
-the answer. The recipe of LLaVA, BLIP-2, Flamingo and their successors, one room per part, in
+the answer (chapters 7 to 9). The recipe of LLaVA, BLIP-2, Flamingo and their successors, one room per part, in
 the order the chapters build it:
 
 - ``mmlib.vlm.chat``        -- chat data: visual questions and descriptions as exchanges, the test sets
@@ -9,9 +9,11 @@ the order the chapters build it:
 - ``mmlib.vlm.lora``        -- low-rank adapters
 - ``mmlib.vlm.evaluation``  -- against the world's exact truth: accuracy, POPE, object F1, CHAIR
 - ``mmlib.vlm.tuning``      -- training by recipe (``mmlib.recipes.VisionLanguageRecipe``), the shipped describer
+- ``mmlib.vlm.preference``  -- preference tuning against hallucination (chapter 9): pairs scored by the world, DPO
+- ``mmlib.vlm.decoding``    -- visual contrastive decoding (chapter 9)
 
-The language model itself is ``mmlib.lm.LanguageModel``. Everything is importable from
-``mmlib.vlm``.
+The language model itself is ``mmlib.lm.LanguageModel``. Everything but the last two is importable from
+``mmlib.vlm``; import those modules by name.
 """
 
 from mmlib.vlm.chat import (CHAT_TOKENS, DESCRIBE, QUESTION_KINDS, TEST_SIZES, chat_sequences, chat_tokenizer,
