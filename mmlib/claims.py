@@ -204,6 +204,9 @@ def _decode(r):
                                         generator=V.sampling_generator(model, recipe.seed), **options)
             out[f"f1, T = {t:g}, {name}"] = V.description_scores(said, described.scenes)["f1"]
             out[f"chair_i, T = {t:g}, {name}"] = V.chair(said, described.scenes)["chair_i"]
+            if name == "plain" and t:  # LURE's position effect within three-object lists alone
+                lists = V.chair_by_position(said, described.scenes, min_named=3)
+                out.update({f"made up, object {k} of a list": lists[k]["made_up"] for k in (1, 2, 3)})
     return out
 
 

@@ -385,6 +385,11 @@ def test_chair_by_position_counts_each_mention_where_it_is_named():
                     "gibberish words"]
     by_k = chair_by_position(descriptions, scenes)
     assert by_k == {1: {"named": 2, "made_up": 0.0}, 2: {"named": 1, "made_up": 1.0}}
+    # only the descriptions that name two objects or more: the first one alone
+    assert chair_by_position(descriptions, scenes, min_named=2) == {1: {"named": 1, "made_up": 0.0},
+                                                                    2: {"named": 1, "made_up": 1.0}}
+    with pytest.raises(ValueError, match="min_named is a number of objects >= 1"):
+        chair_by_position(descriptions, scenes, min_named=0)
     with pytest.raises(ValueError, match="3 descriptions for 2 scenes"):
         chair_by_position(descriptions, scenes_of([("red", "circle")], [("green", "star")]))
 

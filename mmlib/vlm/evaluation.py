@@ -165,19 +165,27 @@ def chair(descriptions: Sequence[str], scenes) -> dict[str, float]:
             "unreadable": unreadable / len(descriptions)}
 
 
-def chair_by_position(descriptions: Sequence[str], scenes) -> dict[int, dict[str, float]]:
+def chair_by_position(descriptions: Sequence[str], scenes, min_named: int = 1) -> dict[int, dict[str, float]]:
     """CHAIR_i by where an object is named: for the k-th distinct object of each description
     (k = 1, 2, ...), how many descriptions name a k-th object ('named') and the share of those
     that are not in the scene ('made_up'). LURE (Zhou et al. 2024) found objects named later made
     up more often; the parser knows which mention is which, so here it is exact. Descriptions
-    the parser cannot read name no object and are left out (``chair`` counts them)."""
+    the parser cannot read name no object and are left out (``chair`` counts them).
+    ``min_named``: count only the descriptions that name at least that many distinct objects
+    (3: compare positions within descriptions of one kind, the three-object lists, rather than
+    first objects of every kind against third objects of lists only)."""
     if len(descriptions) != len(scenes):
         raise ValueError(f"{len(descriptions)} descriptions for {len(scenes)} scenes")
+    if not isinstance(min_named, int) or min_named < 1:
+        raise ValueError(f"min_named is a number of objects >= 1, got {min_named!r}")
     named: dict[int, int] = {}
     wrong: dict[int, int] = {}
     for i, text in enumerate(descriptions):
         present = {(o["color"], o["shape"]) for o in scenes.objects(i)}
-        for k, pair in enumerate(dict.fromkeys(mentioned(text)), 1):  # distinct, in order
+        said = list(dict.fromkeys(mentioned(text)))  # distinct, in order
+        if len(said) < min_named:
+            continue
+        for k, pair in enumerate(said, 1):
             named[k] = named.get(k, 0) + 1
             wrong[k] = wrong.get(k, 0) + (pair not in present)
     return {k: {"named": named[k], "made_up": wrong[k] / named[k]} for k in sorted(named)}
