@@ -210,6 +210,17 @@ def _decode(r):
     return out
 
 
+def _cooccur(r):
+    from mmlib.vlm import causes as K
+
+    recipes = r["cooccur_recipes"]  # by share: the same describer's recipe, more company
+    probes, out = K.companion_probes(next(iter(recipes.values()))), {}
+    for share, recipe in recipes.items():
+        model = K.companion_describer(recipe, clip=_clip(), progress=False)
+        out.update({f"{k}, share {share:g}": v for k, v in K.companion_scores(model, probes, recipe).items()})
+    return out
+
+
 CLAIMS = {
     "fusion": Claim("03_algorithms", {"recipe": R.FusionRecipe()}, _fusion),
     "siglip": Claim("04b_objectives", {"recipe": R.ObjectivesRecipe()}, _siglip),
@@ -225,6 +236,7 @@ CLAIMS = {
                         _generation),
     "align": Claim("09_alignment", {"recipe": R.ALIGN, "recipes": R.ALIGN_METHODS}, _align),
     "decode": Claim("09_alignment", {"recipe": R.ALIGN}, _decode),
+    "cooccur": Claim("09_alignment", {"cooccur_recipes": R.COOCCURRENCE}, _cooccur),
 }
 """Every comparison the book ranks, by name (the names ``benchmarks/seeds.py`` takes)."""
 

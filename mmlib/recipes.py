@@ -22,6 +22,7 @@ recipe                     chapter   trained or run by
 ``JudgeRecipe``            8         ``mmlib.generate.train_judge`` (shipped)
 ``GeneratorRecipe``        8         ``mmlib.generate.train_generator`` (shipped)
 ``PreferenceRecipe``       9         ``mmlib.vlm.preference.tune_preferences``: ``ALIGN``, ``ALIGN_METHODS``
+``CooccurrenceRecipe``     9         ``mmlib.vlm.causes.companion_describer``: ``COOCCURRENCE``
 =========================  ========  ==============================================================
 """
 
@@ -354,6 +355,36 @@ class PreferenceRecipe:
         return replace(self.base, seed=self.seed)
 
 
+@dataclass(frozen=True)
+class CooccurrenceRecipe:
+    """Chapter 9's first cause, made a knob: chapter 7b's describer (``base`` at this recipe's
+    seed) tuned on its own data, except that in its descriptions the object ``companion`` keeps
+    ``anchor`` company in a ``share`` of the scenes that could hold both
+    (``world.with_companion``). Share 0 is the base's data exactly."""
+
+    share: float = 0.0
+    anchor: tuple = ("red", "circle")
+    companion: tuple = ("green", "star")
+    base: VisionLanguageRecipe = DESCRIBER
+    seed: int = 0
+
+    def __post_init__(self):
+        _seeded(self)
+        if not 0 <= self.share <= 1:
+            raise ValueError(f"share is a probability in [0, 1], got {self.share!r}")
+        object.__setattr__(self, "anchor", tuple(self.anchor))
+        object.__setattr__(self, "companion", tuple(self.companion))
+
+    @property
+    def describer(self) -> VisionLanguageRecipe:
+        """The recipe of the describer tuned here: ``base`` at this recipe's seed."""
+        return replace(self.base, seed=self.seed)
+
+
+COOCCURRENCE = {share: CooccurrenceRecipe(share=share) for share in (0.0, 0.5, 0.9)}
+"""Chapter 9's three describers, by how often the companion keeps the anchor company."""
+
+
 ALIGN = PreferenceRecipe()
 """Chapter 9's alignment run: DPO with the chosen answers' likelihood kept up."""
 
@@ -397,4 +428,4 @@ def with_seed(recipes, seed: int):
 __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "DDP_THROUGHPUT", "TransferRecipe", "LitRecipe", "LanguageModelRecipe",
            "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "DESCRIBER_LORA_POSITIONS", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "PREFERENCE_METHODS", "PREFERENCE_REWARDS",
-           "PreferenceRecipe", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "DECODINGS", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]
+           "PreferenceRecipe", "CooccurrenceRecipe", "COOCCURRENCE", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "DECODINGS", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed"]

@@ -188,3 +188,55 @@ def test_log_prob_shift_is_zero_for_the_reference_and_follows_the_tuning(pairs_a
                                    model, pairs, progress=False)
     moved = log_prob_shift(tuned, pairs)
     assert moved["chosen"] > 0 and 0 <= moved["chosen fell"] < 0.5
+
+
+# --- co-occurrence, made a knob ------------------------------------------------------------------
+
+def test_with_companion_adds_the_companion_beside_the_anchor_in_the_share_asked():
+    """Share 1: every scene that holds the anchor and another object, and where the companion
+    fits, gets it (in place of another object); scenes without the anchor are untouched; share 0
+    is the scenes as drawn; colours and shapes stay distinct within a scene."""
+    scenes = world.sample_scenes(3000, (1, 3), seed=5, distinct=True)
+    a, b = ("red", "circle"), ("green", "star")
+    pairs = lambda s, i: {(o["color"], o["shape"]) for o in s.objects(i)}  # noqa: E731
+    full = world.with_companion(scenes, a, b, 1.0)
+    none = world.with_companion(scenes, a, b, 0.0)
+    assert all(pairs(none, i) == pairs(scenes, i) for i in range(len(scenes)))
+    with_a = [i for i in range(len(scenes)) if a in pairs(scenes, i) and scenes.count[i] > 1]
+    assert len(with_a) > 50
+    assert np.mean([b in pairs(full, i) for i in with_a]) > 0.9
+    assert all(pairs(full, i) == pairs(scenes, i) for i in range(len(scenes)) if a not in pairs(scenes, i))
+    for i in with_a:
+        objects = full.objects(i)
+        assert len({o["color"] for o in objects}) == len({o["shape"] for o in objects}) == len(objects)
+        assert a in pairs(full, i)
+    with pytest.raises(ValueError, match="two different objects"):
+        world.with_companion(scenes, a, a, 0.5)
+    with pytest.raises(ValueError, match="colour"):
+        world.with_companion(scenes, ("mauve", "circle"), b, 0.5)
+
+
+def test_companion_data_at_share_0_is_the_describer_s_own_tuning_data():
+    from mmlib.recipes import COOCCURRENCE
+    from mmlib.vlm import tuning_data
+    from mmlib.vlm.causes import companion_data
+
+    small = replace(COOCCURRENCE[0.0], base=replace(DESCRIBER, questions=300, descriptions=300))
+    mine, theirs = companion_data(small), tuning_data(small.describer)
+    assert torch.equal(mine.images, theirs.images) and torch.equal(mine.tokens, theirs.tokens)
+    more = companion_data(replace(small, share=1.0))
+    assert not torch.equal(more.images, theirs.images)
+
+
+def test_companion_probes_hold_the_anchor_and_not_the_companion():
+    from mmlib.recipes import COOCCURRENCE
+    from mmlib.vlm.causes import companion_probes
+
+    recipe = COOCCURRENCE[0.5]
+    probes = companion_probes(recipe, n=20)
+    for i in range(len(probes)):
+        present = {(o["color"], o["shape"]) for o in probes.scenes.objects(i)}
+        assert recipe.anchor in present and recipe.companion not in present and len(present) > 1
+    held_out = replace(recipe, anchor=("blue", "circle"))  # never in a test scene
+    with pytest.raises(ValueError, match="ask fewer"):
+        companion_probes(held_out, n=5)

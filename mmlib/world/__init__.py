@@ -31,7 +31,7 @@ from mmlib.world.language import (DISTRACTORS, NUMBER_WORDS, QUESTION_TYPES, SYN
                                   relation_caption)
 from mmlib.world.scenes import (ALL_SHAPES, COLOR_RGB, COLORS, DOMAINS, NOVEL_SHAPES, PAIRS, PALETTE_RGB,
                                 POSITIONS, RADIUS, SHAPES, SIZES, Scenes, default_held_out, position_index,
-                                position_word, render_images, sample_scenes)
+                                position_word, render_images, sample_scenes, with_companion)
 from mmlib.world.sound import DURATION, LOUDNESS, PITCH_HZ, TIMBRES, TONE_SECONDS, render_sounds, tone_table
 
 
@@ -61,5 +61,5 @@ __all__ = ["DISTRACTORS", "NUMBER_WORDS", "QUESTION_TYPES", "SYNONYMS", "WORD_TO
            "ZH_POSITIONS", "ZH_SHAPES", "ZH_SIZES", "captions", "chinese_captions", "parse_caption", "position_phrase",
            "position_words", "questions", "relation", "relation_caption", "ALL_SHAPES", "COLOR_RGB", "COLORS",
            "DOMAINS", "NOVEL_SHAPES", "PAIRS", "PALETTE_RGB", "POSITIONS", "RADIUS", "SHAPES", "SIZES", "Scenes",
-           "default_held_out", "position_index", "position_word", "render_images", "sample_scenes", "DURATION",
+           "default_held_out", "position_index", "position_word", "render_images", "sample_scenes", "with_companion", "DURATION",
            "LOUDNESS", "PITCH_HZ", "SAMPLE_RATE", "TIMBRES", "TONE_SECONDS", "render_sounds", "tone_table", "Sample", "generate"]

@@ -159,6 +159,36 @@ def default_held_out(shapes: tuple[str, ...] = SHAPES) -> frozenset[tuple[str, s
     return frozenset((c, shapes[(i + 1) % len(shapes)]) for i, c in enumerate(COLORS))
 
 
+def with_companion(scenes: Scenes, a: tuple[str, str], b: tuple[str, str], share: float, seed: int = 0
+                   ) -> Scenes:
+    """A copy of ``scenes`` in which the object ``b`` keeps ``a`` company (chapter 9): in each
+    scene with ``a``, at least one other object and no ``b``, with probability ``share`` one of
+    the other objects becomes ``b`` where it stands, at its size. The object replaced is drawn
+    among those ``b`` can replace without a second object of its colour or shape in the scene;
+    a scene where none can keeps its objects. Co-occurrence, which POPE and LURE blame for
+    hallucination, made a knob."""
+    for pair in (a, b):
+        check_names([pair[0]], COLORS, "colour")
+        check_names([pair[1]], scenes.shapes, "shape")
+    if tuple(a) == tuple(b) or not 0 <= share <= 1:
+        raise ValueError(f"need two different objects and a share in [0, 1]; got {a}, {b} and {share!r}")
+    (ca, sa), (cb, sb) = [(COLORS.index(c), scenes.shapes.index(s)) for c, s in (a, b)]
+    out = scenes[np.arange(len(scenes))]  # a copy
+    rng = np.random.default_rng(seed)
+    draws = rng.random(len(scenes))
+    for i in range(len(scenes)):
+        k = out.count[i]
+        objects = list(zip(out.color[i, :k], out.shape[i, :k]))
+        if (ca, sa) not in objects or (cb, sb) in objects or k < 2 or draws[i] >= share:
+            continue
+        fits = [j for j, (c, s) in enumerate(objects) if (c, s) != (ca, sa)
+                and all(cc != cb and ss != sb for jj, (cc, ss) in enumerate(objects) if jj != j)]
+        if fits:
+            j = fits[rng.integers(len(fits))]
+            out.color[i, j], out.shape[i, j] = cb, sb
+    return out
+
+
 def _draw_positions(rng: np.random.Generator, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres for objects of the given radii (m, k), inside the image. With more than two objects
     each goes into its own quadrant (in random order), so that four of them always fit."""
