@@ -311,6 +311,9 @@ class GeneratorRecipe:
 # Chapter 9: preference tuning against hallucination
 # ---------------------------------------------------------------------------------------------
 
+def _describer(recipe) -> "VisionLanguageRecipe":
+    return replace(recipe.base, seed=recipe.seed)
+
 PREFERENCE_METHODS = ("dpo", "dpo+nll", "best-of-n")
 PREFERENCE_REWARDS = ("f1", "precision")
 
@@ -318,14 +321,11 @@ PREFERENCE_REWARDS = ("f1", "precision")
 @dataclass(frozen=True)
 class PreferenceRecipe:
     """Chapter 9: chapter 7b's describer (``base`` at this recipe's seed) tuned on its own
-    samples. Each of ``scenes`` training scenes is described ``samples`` times at
-    ``temperature``; the world scores every description exactly by ``reward`` ('f1': object F1
-    against the scene; 'precision': the share of the objects named that are there, 1 when none
-    is named), and the best and the worst of a scene, where they differ, make a preference
-    pair. ``method``: 'dpo' (DPO's loss of strength ``beta``, the describer frozen as the
-    reference), 'dpo+nll' (DPO plus the chosen answers' tuning loss), 'best-of-n' (rejection
-    sampling fine-tuning: the tuning loss on the chosen answers alone). ``steps`` steps of
-    ``batch_size`` pairs."""
+    samples: ``samples`` descriptions at ``temperature`` of each of ``scenes`` training scenes,
+    scored exactly by ``reward`` ('f1', or 'precision': 1 when nothing is named); a scene's best
+    and worst, where they differ, make a pair. ``method``: 'dpo' (strength ``beta``, the
+    describer frozen as reference), 'dpo+nll' (plus the chosen answers' tuning loss),
+    'best-of-n' (that loss alone). ``steps`` steps of ``batch_size`` pairs."""
 
     method: str = "dpo+nll"
     beta: float = 0.1
@@ -341,26 +341,21 @@ class PreferenceRecipe:
 
     def __post_init__(self):
         _seeded(self)
-        if self.method not in PREFERENCE_METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {PREFERENCE_METHODS}")
-        if self.reward not in PREFERENCE_REWARDS:
-            raise ValueError(f"unknown reward {self.reward!r}: choose one of {PREFERENCE_REWARDS}")
+        for name, allowed in (("method", PREFERENCE_METHODS), ("reward", PREFERENCE_REWARDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose one of {allowed}")
         if not self.beta > 0 or self.samples < 2 or not self.temperature > 0:
             raise ValueError(f"need beta > 0, samples >= 2 and temperature > 0; got {self.beta}, "
                              f"{self.samples} and {self.temperature}")
 
-    @property
-    def describer(self) -> VisionLanguageRecipe:
-        """The recipe of the describer tuned here: ``base`` at this recipe's seed."""
-        return replace(self.base, seed=self.seed)
+    describer = property(_describer, doc="The describer's recipe: ``base`` at this recipe's seed.")
 
 
 @dataclass(frozen=True)
 class CooccurrenceRecipe:
-    """Chapter 9's first cause, made a knob: chapter 7b's describer (``base`` at this recipe's
-    seed) tuned on its own data, except that in its descriptions the object ``companion`` keeps
-    ``anchor`` company in a ``share`` of the scenes that could hold both
-    (``world.with_companion``). Share 0 is the base's data exactly."""
+    """Chapter 9's co-occurrence knob: chapter 7b's describer (``base`` at this seed) tuned on
+    its data with ``companion`` beside ``anchor`` in a ``share`` of the scenes that could hold
+    both (``world.with_companion``; share 0: the base's data exactly)."""
 
     share: float = 0.0
     anchor: tuple = ("red", "circle")
@@ -375,15 +370,11 @@ class CooccurrenceRecipe:
         object.__setattr__(self, "anchor", tuple(self.anchor))
         object.__setattr__(self, "companion", tuple(self.companion))
 
-    @property
-    def describer(self) -> VisionLanguageRecipe:
-        """The recipe of the describer tuned here: ``base`` at this recipe's seed."""
-        return replace(self.base, seed=self.seed)
+    describer = property(_describer, doc="The describer's recipe: ``base`` at this recipe's seed.")
 
 
 COOCCURRENCE = {share: CooccurrenceRecipe(share=share) for share in (0.0, 0.5, 0.9)}
 """Chapter 9's three describers, by how often the companion keeps the anchor company."""
-
 
 ALIGN = PreferenceRecipe()
 """Chapter 9's alignment run: DPO with the chosen answers' likelihood kept up."""
@@ -395,13 +386,11 @@ ALIGN_METHODS = {"DPO": replace(ALIGN, method="dpo"), "DPO + NLL": ALIGN,
 DPO_BETAS = (0.05, 0.1, 0.5)
 """Chapter 9's strengths of DPO's KL constraint (``ALIGN`` with each beta)."""
 
-DECODINGS = {"plain": {"alpha": 0.0, "cutoff": 0.0},
-             "cut-off only": {"alpha": 0.0, "cutoff": 0.1},
+DECODINGS = {"plain": {"alpha": 0.0, "cutoff": 0.0}, "cut-off only": {"alpha": 0.0, "cutoff": 0.1},
              "VCD, noise": {"alpha": 1.0, "cutoff": 0.1, "contrast": "noise", "noise": 0.5},
              "VCD, blind": {"alpha": 1.0, "cutoff": 0.1, "contrast": "blind"}}
-"""Chapter 9's decodings (``mmlib.vlm.decoding.contrastive_describe`` arguments): the model's own,
-VCD's plausibility cut-off alone, and VCD (alpha = 1, cut-off 0.1, as in the paper) against the
-image diffused half-way to noise or against no image (the blind LM)."""
+"""Chapter 9's decodings (``contrastive_describe`` arguments): the model's own, VCD's cut-off
+alone, VCD (alpha = 1, cut-off 0.1) against a half-noised image or against no image."""
 
 
 # ---------------------------------------------------------------------------------------------

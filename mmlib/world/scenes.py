@@ -344,6 +344,6 @@ def render_images(scenes: Scenes, image_size: int = 32, domain: str = "clean", d
     return image.to(dtype)
 
 
-__all__ = ["SHAPES", "NOVEL_SHAPES", "ALL_SHAPES", "COLORS", "SIZES", "DOMAINS", "COLOR_RGB", "PALETTE_RGB",
+__all__ = ["SHAPES", "NOVEL_SHAPES", "ALL_SHAPES", "COLORS", "SIZES", "DOMAINS", "COLOR_RGB", "PALETTE_RGB", "with_companion",
            "POSITIONS", "RADIUS", "check_names", "Scenes", "PAIRS", "position_index", "position_word",
            "default_held_out", "sample_scenes", "render_images"]
