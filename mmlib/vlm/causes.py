@@ -18,20 +18,11 @@ import torch
 from mmlib import world
 from mmlib.data import WorldDataset, render_uint8
 from mmlib.recipes import DESCRIBER, CooccurrenceRecipe
-from mmlib.vlm.chat import (DESCRIBE, chat_sequences, chat_tokenizer, description_data, descriptions_of,
-                            instruction_data, mix)
+from mmlib.vlm.chat import chat_tokenizer, description_data, descriptions_dataset, instruction_data, mix
 from mmlib.vlm.evaluation import describe, mentioned
 from mmlib.vlm.model import VisionLanguageModel
 from mmlib.vlm.tuning import (pretrain_language_model, pretrained_describer, pretrained_language_model, tune,
                               vision_language_model)
-
-
-def _descriptions_of_scenes(scenes: world.Scenes, image_size: int, tokenizer) -> WorldDataset:
-    captions = descriptions_of(scenes)
-    tokens, starts = chat_sequences(tokenizer, [DESCRIBE] * len(scenes), captions)
-    lengths = (tokens != tokenizer.pad_id).sum(1)
-    return WorldDataset(render_uint8(scenes, image_size, "clean"), {"answer_start": starts},
-                        [DESCRIBE] * len(scenes), tokens, lengths, None, scenes, tokenizer)
 
 
 def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
@@ -42,7 +33,8 @@ def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
     asked = instruction_data(base.questions, seed=s, tokenizer=tokenizer)
     plain = description_data(base.descriptions, seed=s + 2, tokenizer=tokenizer)
     scenes = world.with_companion(plain.scenes, recipe.anchor, recipe.companion, recipe.share, seed=s + 2)
-    return mix(asked, _descriptions_of_scenes(scenes, plain.images.shape[-1], tokenizer), seed=s)
+    images = render_uint8(scenes, plain.images.shape[-1], "clean")
+    return mix(asked, descriptions_dataset(images, scenes, tokenizer), seed=s)
 
 
 def companion_describer(recipe: CooccurrenceRecipe, *, clip=None, device=None, progress: bool = True

@@ -87,13 +87,19 @@ def description_data(n: int, *, split: str = "train", seed: int = 0, held_out=wo
     'a small red circle', 'the red circle is left of the blue square', 'three shapes : a ...'.
     ``texts`` are the instructions, ``labels['answer_start']`` where the loss starts, and
     ``descriptions_of(data.scenes)`` the reference descriptions."""
-    tokenizer = tokenizer or chat_tokenizer()
     pairs = make_dataset("pairs", n, split=split, seed=seed, held_out=held_out, n_objects=n_objects)
-    captions = descriptions_of(pairs.scenes)
-    tokens, starts = chat_sequences(tokenizer, [DESCRIBE] * n, captions)
-    labels = {"answer_start": starts}
+    return descriptions_dataset(pairs.images, pairs.scenes, tokenizer)
+
+
+def descriptions_dataset(images: torch.Tensor, scenes: world.Scenes, tokenizer: Tokenizer | None = None
+                         ) -> WorldDataset:
+    """``images`` (uint8) of ``scenes`` with their reference descriptions as chat sequences, as
+    ``description_data`` builds them (chapter 9 passes scenes it has rewritten)."""
+    tokenizer = tokenizer or chat_tokenizer()
+    n = len(scenes)
+    tokens, starts = chat_sequences(tokenizer, [DESCRIBE] * n, descriptions_of(scenes))
     lengths = (tokens != tokenizer.pad_id).sum(1)
-    return WorldDataset(pairs.images, labels, [DESCRIBE] * n, tokens, lengths, None, pairs.scenes, tokenizer)
+    return WorldDataset(images, {"answer_start": starts}, [DESCRIBE] * n, tokens, lengths, None, scenes, tokenizer)
 
 
 def descriptions_of(scenes) -> list[str]:
@@ -137,5 +143,5 @@ def test_sets(tokenizer: Tokenizer | None = None) -> dict[str, WorldDataset]:
             "descriptions": description_data(TEST_SIZES["descriptions"], split="test", tokenizer=tokenizer)}
 
 
-__all__ = ["CHAT_TOKENS", "QUESTION_KINDS", "chat_tokenizer", "question_type", "chat_sequences", "instruction_data",
+__all__ = ["descriptions_dataset", "CHAT_TOKENS", "QUESTION_KINDS", "chat_tokenizer", "question_type", "chat_sequences", "instruction_data",
            "DESCRIBE", "description_data", "descriptions_of", "mix", "TEST_SIZES", "test_sets"]
