@@ -92,6 +92,23 @@ def test_installing_mmlib_into_an_env_with_torch_changes_no_torch(tmp_path):
     assert installs == {"mmlib"}, f"installing mmlib would also install {sorted(installs - {'mmlib'})}"
 
 
+def test_a_plain_install_brings_every_subpackage(tmp_path):
+    """Colab installs mmlib with plain pip, not editable: the wheel must hold mmlib.world,
+    mmlib.vlm, mmlib.generate, mmlib.recipes, ..., every folder of mmlib with an __init__.py,
+    and the shipped weights."""
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "--quiet",
+         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    packaged = {Path(n).parent.as_posix() for n in names if n.endswith("/__init__.py")}
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "mmlib").rglob("__init__.py")}
+    assert packages - packaged == set(), f"a plain install would lack {sorted(packages - packaged)}"
+    assert any(n.startswith("mmlib/weights/") and n.endswith(".pt") for n in names), "the shipped weights"
+
+
 def test_extras_book_and_test():
     extras = PYPROJECT["project"]["optional-dependencies"]
     book = {Requirement(r).name: Requirement(r) for r in extras["book"]}
