@@ -1,4 +1,4 @@
-"""Preference tuning as plain functions of log-probabilities: the DPO loss (for chapter 9, in preparation).
+"""Preference tuning as plain functions of log-probabilities: the DPO loss, its implicit reward, best-of-n (chapter 9).
 
 InstructGPT aligned GPT-3 in three steps: supervised tuning on demonstrations, a reward model
 fitted to labellers' rankings, then PPO against that reward with a KL penalty that keeps the
@@ -13,10 +13,14 @@ while training:
     L = -log sigma(beta [log (pi(y_w|x) / pi_ref(y_w|x)) - log (pi(y_l|x) / pi_ref(y_l|x))])
 
 ``sequence_log_probs`` sums a model's token log-probabilities over the answer; ``dpo_loss`` and
-``implicit_rewards`` take those sums, for the policy and the frozen reference.
+``implicit_rewards`` take those sums, for the policy and the frozen reference. ``best_of_n``
+keeps, of n sampled answers, the one a reward scores highest, the simplest way to optimise
+against a reward; ``best_of_n_kl`` is how far that moves from the sampler (Stiennon et al. 2020).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -70,4 +74,23 @@ def dpo_loss(policy_chosen: torch.Tensor,
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-__all__ = ["sequence_log_probs", "implicit_rewards", "dpo_loss"]
+def best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """For each column of ``scores`` (samples, items), the row of the highest score among the
+    first ``n`` samples (the first on a tie). NaN marks a sample that could not be scored: never
+    picked unless all ``n`` are NaN. Returns (items,) row indices."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores is (samples, items), got shape {tuple(scores.shape)}")
+    if not isinstance(n, int) or not 1 <= n <= len(scores):
+        raise ValueError(f"n is a number of samples from 1 to {len(scores)}, got {n!r}")
+    return scores[:n].nan_to_num(nan=-math.inf).argmax(0)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || sampler) = log n - (n - 1) / n nats, for an answer space without ties of
+    the reward (Stiennon et al. 2020, appendix; an upper bound in general): 0 at n = 1."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n is a number of samples >= 1, got {n!r}")
+    return math.log(n) - (n - 1) / n
+
+
+__all__ = ["sequence_log_probs", "implicit_rewards", "dpo_loss", "best_of_n", "best_of_n_kl"]

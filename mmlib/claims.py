@@ -193,11 +193,10 @@ def _align(r):
 
 def _decode(r):
     from mmlib import vlm as V
-    from mmlib.vlm import preference as P
     from mmlib.vlm.decoding import contrastive_describe
 
-    recipe, described = r["recipe"], V.test_sets()["descriptions"]
-    model, out = P.describer_for(recipe, progress=False), {}
+    recipe, described = r["describer_recipe"], V.test_sets()["descriptions"]
+    model, out = V.describer_of(recipe, progress=False), {}
     for name, options in R.DECODINGS.items():
         for t in (0.0, 1.0):
             said = contrastive_describe(model, described, temperature=t,
@@ -221,6 +220,32 @@ def _cooccur(r):
     return out
 
 
+def _negatives(r):
+    from mmlib import vlm as V
+    from mmlib.vlm import negatives as N
+    from mmlib.vlm import preference as P
+
+    sets, out = V.test_sets(), {}
+    for name, recipe in r["negatives_recipes"].items():  # the same describer, its data rewritten
+        model = N.negative_describer(recipe, clip=_clip(), progress=False)
+        scores = P.alignment_scores(model, sets["descriptions"], sets["test"], recipe.seed)
+        scores["pope_adv yes ratio"] = V.ask_pope(model, sets["test"], "adversarial")["yes_ratio"]
+        out.update({f"{k}, {name}": v for k, v in scores.items()})
+    return out
+
+
+def _hacking(r):
+    from mmlib import vlm as V
+    from mmlib.vlm import preference as P
+    from mmlib.vlm.overoptimisation import overoptimisation
+
+    recipe, described = r["recipe"], V.test_sets()["descriptions"]
+    model = P.describer_for(recipe, progress=False)
+    policy = P.tune_preferences(recipe, model, progress=False)[0]  # its implicit reward is the proxy
+    rows = overoptimisation(model, policy, described, R.BEST_OF, recipe.beta, recipe.seed)
+    return {f"{k}, n = {n}": v for n, row in rows.items() for k, v in row.items() if k != "KL bound"}
+
+
 CLAIMS = {
     "fusion": Claim("03_algorithms", {"recipe": R.FusionRecipe()}, _fusion),
     "siglip": Claim("04b_objectives", {"recipe": R.ObjectivesRecipe()}, _siglip),
@@ -234,9 +259,11 @@ CLAIMS = {
     "llava": Claim("07c_connectors", {"llava_recipes": R.LLAVA_RECIPES}, _connectors),
     "generation": Claim("08_generation", {"recipe": R.GeneratorRecipe(), "judge_recipe": R.JudgeRecipe()},
                         _generation),
-    "align": Claim("09_alignment", {"recipe": R.ALIGN, "recipes": R.ALIGN_METHODS}, _align),
-    "decode": Claim("09_alignment", {"recipe": R.ALIGN}, _decode),
-    "cooccur": Claim("09_alignment", {"cooccur_recipes": R.COOCCURRENCE}, _cooccur),
+    "cooccur": Claim("09_hallucination", {"cooccur_recipes": R.COOCCURRENCE}, _cooccur),
+    "negatives": Claim("09_hallucination", {"negatives_recipes": R.NEGATIVES}, _negatives),
+    "decode": Claim("09_hallucination", {"describer_recipe": R.DESCRIBER}, _decode),
+    "align": Claim("09b_alignment", {"recipe": R.ALIGN, "recipes": R.ALIGN_METHODS}, _align),
+    "hacking": Claim("09b_alignment", {"recipe": R.ALIGN}, _hacking),
 }
 """Every comparison the book ranks, by name (the names ``benchmarks/seeds.py`` takes)."""
 

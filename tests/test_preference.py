@@ -240,3 +240,102 @@ def test_companion_probes_hold_the_anchor_and_not_the_companion():
     held_out = replace(recipe, anchor=("blue", "circle"))  # never in a test scene
     with pytest.raises(ValueError, match="ask fewer"):
         companion_probes(held_out, n=5)
+
+
+# --- the cure by data: negative instructions ------------------------------------------------
+
+def test_negative_questions_ask_about_the_scene_and_answer_rightly():
+    """Share 1: every question becomes 'is there a {colour} {shape} ?'; a yes names an object of
+    the scene, a no a pair absent from it, a colour and a shape of the scene where it has two
+    objects of different colour and shape (LRV's existent-object manipulation)."""
+    from mmlib.vlm import instruction_data
+    from mmlib.vlm.negatives import negative_questions
+
+    asked = instruction_data(60, seed=3)
+    same = negative_questions(asked, 0.0)
+    assert torch.equal(same.tokens, asked.tokens) and same.texts == asked.texts
+    every = negative_questions(asked, 1.0, seed=1)
+    answers = [every.tokenizer.decode(row[start:].tolist()) for row, start in
+               zip(every.tokens, every.labels["answer_start"])]
+    assert {a for a in answers} == {"yes", "no"}
+    for i, (question, answer) in enumerate(zip(every.texts, answers)):
+        assert question.startswith("is there a ")
+        pair = tuple(question.split()[3:5])
+        objects = every.scenes.objects(i)
+        present = {(o["color"], o["shape"]) for o in objects}
+        assert (pair in present) == (answer == "yes"), (question, answer, present)
+        if answer == "no" and len(objects) > 1:
+            assert pair[0] in {c for c, _ in present} and pair[1] in {s for _, s in present}
+    with pytest.raises(ValueError, match="probability in"):
+        negative_questions(asked, 1.5)
+
+
+def test_negative_data_at_share_0_is_the_describer_s_own_tuning_data():
+    from mmlib.recipes import NEGATIVES, NegativesRecipe
+    from mmlib.vlm import tuning_data
+    from mmlib.vlm.negatives import negative_data
+
+    small = replace(NEGATIVES["as tuned"], base=replace(DESCRIBER, questions=300, descriptions=300))
+    mine, theirs = negative_data(small), tuning_data(small.describer)
+    assert torch.equal(mine.images, theirs.images) and torch.equal(mine.tokens, theirs.tokens)
+    cured = negative_data(replace(small, share=0.3))
+    assert torch.equal(cured.images, theirs.images) and len(cured) == len(theirs)
+    extra = sum(t.startswith("is there") for t in cured.texts) - sum(t.startswith("is there") for t in theirs.texts)
+    assert 0.15 * 300 < extra < 0.35 * 300, "about 30 % of 300 questions rewritten, some were already"
+    with pytest.raises(ValueError, match="probability in"):
+        NegativesRecipe(share=-0.1)
+
+
+# --- reward hacking: best-of-n against a learned reward ------------------------------------
+
+def test_best_of_n_picks_the_highest_of_the_first_n_and_never_an_unscored_one():
+    from mmlib.alignment import best_of_n, best_of_n_kl
+
+    nan = float("nan")
+    scores = torch.tensor([[1.0, nan, 0.0], [2.0, 0.0, 0.0], [0.0, 5.0, 3.0]])
+    assert best_of_n(scores, 1).tolist() == [0, 0, 0]
+    assert best_of_n(scores, 2).tolist() == [1, 1, 0], "NaN loses to any score; ties keep the first"
+    assert best_of_n(scores, 3).tolist() == [1, 2, 2]
+    for bad in (0, 4, 2.0):
+        with pytest.raises(ValueError, match="number of samples from 1 to 3"):
+            best_of_n(scores, bad)
+    with pytest.raises(ValueError, match="samples, items"):
+        best_of_n(scores[0], 1)
+    assert best_of_n_kl(1) == 0.0 and best_of_n_kl(2) == pytest.approx(np.log(2) - 0.5)
+    assert best_of_n_kl(16) == pytest.approx(np.log(16) - 15 / 16)
+    with pytest.raises(ValueError, match=">= 1"):
+        best_of_n_kl(0)
+
+
+def test_description_log_probs_score_what_fits_and_mark_the_rest(pairs_and_model):
+    from mmlib.vlm.preference import description_log_probs
+
+    _, model, _ = pairs_and_model
+    data = description_data(3, split="test", seed=4)
+    said = descriptions_of(data.scenes)
+    too_long = " ".join(["three shapes : a small red circle , a small blue square and a large green star"] * 3)
+    got = description_log_probs(model, data, [said[0], too_long, said[2]])
+    tokens, starts = chat_sequences(model.tokenizer, [DESCRIBE] * 3, said)
+    expected = answer_log_probs(model.eval(), tokens, starts, model.regions(data.float_images()))
+    torch.testing.assert_close(got[[0, 2]], expected[[0, 2]], rtol=1e-4, atol=1e-4)
+    assert torch.isnan(got[1])
+    with pytest.raises(ValueError, match="one description per scene"):
+        description_log_probs(model, data, said[:2])
+
+
+def test_best_of_n_by_a_reward_that_is_zero_everywhere_keeps_the_first_sample(pairs_and_model):
+    """The policy is the reference: its implicit reward is 0 for every sample, so best-of-n by
+    it is the first sample at every n, while best-of-n by the truth can only gain."""
+    from mmlib.vlm.overoptimisation import overoptimisation, sampled_rewards
+
+    _, model, _ = pairs_and_model
+    data = description_data(24, split="test", seed=5)
+    scored = sampled_rewards(model, model, data, 3, beta=0.1, seed=2)
+    assert scored["proxy"].shape == scored["truth"].shape == (3, 24)
+    assert scored["proxy"].nan_to_num().abs().max() < 1e-4
+    rows = overoptimisation(model, model, data, (1, 2, 3), beta=0.1, seed=2)
+    assert rows[1]["f1"] == rows[2]["f1"] == rows[3]["f1"] == rows[1]["oracle f1"]
+    assert rows[3]["oracle f1"] >= rows[1]["oracle f1"]
+    assert rows[1]["KL bound"] == 0.0 and rows[3]["KL bound"] > rows[2]["KL bound"]
+    with pytest.raises(ValueError, match="samples >= 1"):
+        overoptimisation(model, model, data, (0, 2), beta=0.1)

@@ -23,6 +23,7 @@ recipe                     chapter   trained or run by
 ``GeneratorRecipe``        8         ``mmlib.generate.train_generator`` (shipped)
 ``PreferenceRecipe``       9         ``mmlib.vlm.preference.tune_preferences``: ``ALIGN``, ``ALIGN_METHODS``
 ``CooccurrenceRecipe``     9         ``mmlib.vlm.causes.companion_describer``: ``COOCCURRENCE``
+``NegativesRecipe``        9         ``mmlib.vlm.negatives.negative_describer``: ``NEGATIVES``
 =========================  ========  ==============================================================
 
 Chapter 9's recipes are written in ``mmlib.recipes.alignment`` and read from here.
@@ -334,11 +335,11 @@ __all__ = ["FusionRecipe", "ClipRecipe", "ObjectivesRecipe", "DDP_SAME_LOSS", "D
            "VisionLanguageRecipe", "VQA", "DESCRIBER", "DESCRIBER_LORA", "DESCRIBER_LORA_POSITIONS", "COMPARED", "CONNECTOR_RECIPES", "LLAVA_RECIPES",
            "JudgeRecipe", "GeneratorRecipe", "TEMPERATURES", "GUIDANCE_WEIGHTS", "SAMPLER_STEPS", "with_seed",
            "PREFERENCE_METHODS", "PREFERENCE_REWARDS", "PreferenceRecipe", "CooccurrenceRecipe", "COOCCURRENCE",
-           "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "DECODINGS"]
+           "NegativesRecipe", "NEGATIVES", "ALIGN", "ALIGN_METHODS", "DPO_BETAS", "BEST_OF", "DECODINGS"]
 
 
 # Chapter 9's recipes live in mmlib/recipes/alignment.py (this module would pass 400 lines) and
 # are read from here like every other: ``from mmlib.recipes import ALIGN``.
-from mmlib.recipes.alignment import (ALIGN, ALIGN_METHODS, COOCCURRENCE, DECODINGS, DPO_BETAS,  # noqa: E402
-                                     PREFERENCE_METHODS, PREFERENCE_REWARDS, CooccurrenceRecipe,
-                                     PreferenceRecipe)
+from mmlib.recipes.alignment import (ALIGN, ALIGN_METHODS, BEST_OF, COOCCURRENCE, DECODINGS, DPO_BETAS,  # noqa: E402
+                                     NEGATIVES, PREFERENCE_METHODS, PREFERENCE_REWARDS, CooccurrenceRecipe,
+                                     NegativesRecipe, PreferenceRecipe)

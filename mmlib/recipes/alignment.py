@@ -75,6 +75,28 @@ class CooccurrenceRecipe:
 COOCCURRENCE = {share: CooccurrenceRecipe(share=share) for share in (0.0, 0.5, 0.9)}
 """Chapter 9's three describers, by how often the companion keeps the anchor company."""
 
+@dataclass(frozen=True)
+class NegativesRecipe:
+    """Chapter 9's cure by data: chapter 7b's describer (``base`` at this seed) tuned on its data
+    with a ``share`` of the visual questions rewritten as existence questions, half of them
+    negative (``mmlib.vlm.negatives``; share 0: the base's data exactly), at equal steps."""
+
+    share: float = 0.3
+    base: VisionLanguageRecipe = DESCRIBER
+    seed: int = 0
+
+    def __post_init__(self):
+        _seeded(self)
+        if not 0 <= self.share <= 1:
+            raise ValueError(f"share is a probability in [0, 1], got {self.share!r}")
+
+    describer = property(_describer, doc="The describer's recipe: ``base`` at this recipe's seed.")
+
+
+NEGATIVES = {"as tuned": NegativesRecipe(share=0.0), "with negatives": NegativesRecipe()}
+"""Chapter 9's cure by data: the describer's own data, and the same with 30 % of its questions
+rewritten as existence questions (LRV-Instruction's negative instructions)."""
+
 ALIGN = PreferenceRecipe()
 """Chapter 9's alignment run: DPO with the chosen answers' likelihood kept up."""
 
@@ -85,6 +107,9 @@ ALIGN_METHODS = {"DPO": replace(ALIGN, method="dpo"), "DPO + NLL": ALIGN,
 DPO_BETAS = (0.05, 0.1, 0.5)
 """Chapter 9's strengths of DPO's KL constraint (``ALIGN`` with each beta)."""
 
+BEST_OF = (1, 2, 4, 8, 16)
+"""Chapter 9's optimisation pressures against a learned reward: best of n samples, each n."""
+
 DECODINGS = {"plain": {"alpha": 0.0, "cutoff": 0.0}, "cut-off only": {"alpha": 0.0, "cutoff": 0.1},
              "VCD, noise": {"alpha": 1.0, "cutoff": 0.1, "contrast": "noise", "noise": 0.5},
              "VCD, blind": {"alpha": 1.0, "cutoff": 0.1, "contrast": "blind"}}
@@ -92,5 +117,5 @@ DECODINGS = {"plain": {"alpha": 0.0, "cutoff": 0.0}, "cut-off only": {"alpha": 0
 alone, VCD (alpha = 1, cut-off 0.1) against a half-noised image or against no image."""
 
 
-__all__ = ["PREFERENCE_METHODS", "PREFERENCE_REWARDS", "PreferenceRecipe", "CooccurrenceRecipe", "COOCCURRENCE", "ALIGN",
-           "ALIGN_METHODS", "DPO_BETAS", "DECODINGS"]
+__all__ = ["PREFERENCE_METHODS", "PREFERENCE_REWARDS", "PreferenceRecipe", "CooccurrenceRecipe", "COOCCURRENCE", "NegativesRecipe", "NEGATIVES", "ALIGN",
+           "ALIGN_METHODS", "DPO_BETAS", "BEST_OF", "DECODINGS"]

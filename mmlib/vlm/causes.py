@@ -21,8 +21,7 @@ from mmlib.recipes import DESCRIBER, CooccurrenceRecipe
 from mmlib.vlm.chat import chat_tokenizer, description_data, descriptions_dataset, instruction_data, mix
 from mmlib.vlm.evaluation import describe, mentioned
 from mmlib.vlm.model import VisionLanguageModel
-from mmlib.vlm.tuning import (pretrain_language_model, pretrained_describer, pretrained_language_model, tune,
-                              vision_language_model)
+from mmlib.vlm.tuning import pretrained_describer, tune_afresh
 
 
 def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
@@ -40,19 +39,11 @@ def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
 def companion_describer(recipe: CooccurrenceRecipe, *, clip=None, device=None, progress: bool = True
                         ) -> VisionLanguageModel:
     """A describer tuned on ``companion_data(recipe)``: the shipped describer when that is what
-    the recipe trains (share 0 at seed 0), else the base's language model (shipped at seed 0)
-    tuned afresh, about half a minute."""
-    from mmlib.pretrain import pretrained_clip
-
-    base = recipe.describer
-    if recipe.share == 0 and base == DESCRIBER:
+    the recipe trains (share 0 at seed 0), else ``tune_afresh``, about half a minute."""
+    if recipe.share == 0 and recipe.describer == DESCRIBER:
         return pretrained_describer(device=device)
-    lm = (pretrained_language_model(base, device=device) if base == DESCRIBER
-          else pretrain_language_model(base, device=device, progress=progress)[0])
-    clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
-    model = vision_language_model(base, clip.image_encoder, lm)
-    tune(model, companion_data(recipe), base, device=device, progress=progress, desc=f"share {recipe.share:g}")
-    return model.eval()
+    return tune_afresh(recipe.describer, companion_data(recipe), clip=clip, device=device, progress=progress,
+                       desc=f"share {recipe.share:g}")
 
 
 PROBE_SCENES = 300

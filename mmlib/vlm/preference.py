@@ -22,12 +22,12 @@ from torch.nn import functional as F
 
 from mmlib.alignment import dpo_loss, sequence_log_probs
 from mmlib.data import IMAGE, TOKENS, WorldDataset
-from mmlib.recipes import DESCRIBER, PREFERENCE_REWARDS, PreferenceRecipe
+from mmlib.recipes import PREFERENCE_REWARDS, PreferenceRecipe
 from mmlib.train import History, fit_steps
 from mmlib.vlm.chat import DESCRIBE, chat_sequences, description_data
 from mmlib.vlm.evaluation import ask_pope, chair, chair_by_position, describe, description_scores, mentioned, sampling_generator
 from mmlib.vlm.model import REGIONS, VisionLanguageModel
-from mmlib.vlm.tuning import pretrained_describer, train_describer
+from mmlib.vlm.tuning import describer_of
 
 PAIR_SEED_OFFSET = 5
 """A preference recipe of seed s describes the training scenes of seed 10 s + 5 (the describer's
@@ -170,12 +170,10 @@ class PreferenceTuning(nn.Module):
         return {"loss": value, "reward_accuracy": (margin > 0).float().mean(), "margin": self.beta * margin.mean()}
 
 
-def describer_for(recipe: PreferenceRecipe, progress: bool = True) -> VisionLanguageModel:
-    """The describer that ``recipe`` tunes: the shipped one at seed 0, else trained by
-    ``recipe.describer`` (about half a minute)."""
-    if recipe.describer == DESCRIBER:
-        return pretrained_describer()
-    return train_describer(recipe.describer, progress=progress)
+def describer_for(recipe: PreferenceRecipe, *, device=None, progress: bool = True) -> VisionLanguageModel:
+    """The describer that ``recipe`` tunes, ``describer_of(recipe.describer)``: the shipped one
+    at seed 0, else trained (about a minute)."""
+    return describer_of(recipe.describer, device=device, progress=progress)
 
 
 def tune_preferences(recipe: PreferenceRecipe, model: VisionLanguageModel | None = None,
@@ -184,7 +182,7 @@ def tune_preferences(recipe: PreferenceRecipe, model: VisionLanguageModel | None
     """A copy of ``model`` (default: ``describer_for(recipe)``) tuned by ``recipe`` on ``pairs``
     (default: ``preference_pairs(model, recipe)``; pass them to compare methods on the same
     pairs). Returns the tuned model (in evaluation mode), its ``History`` and the pairs."""
-    model = model if model is not None else describer_for(recipe, progress)
+    model = model if model is not None else describer_for(recipe, device=device, progress=progress)
     pairs = pairs if pairs is not None else preference_pairs(model, recipe)
     policy = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
@@ -208,20 +206,35 @@ def log_prob_shift(policy: VisionLanguageModel, pairs: WorldDataset) -> dict[str
 
 
 @torch.no_grad()
+def description_log_probs(model: VisionLanguageModel, data: WorldDataset, descriptions) -> torch.Tensor:
+    """log pi(y | image, "what is in the image ?") of one description y per scene of ``data``,
+    summed over its tokens and ``<eos>``; NaN where a description is too long for the model's
+    context (it could not have been generated whole). Returns (scenes,)."""
+    if len(descriptions) != len(data):
+        raise ValueError(f"need one description per scene: got {len(descriptions)} for {len(data)} scenes")
+    tokens, starts = _sequences(model, descriptions)
+    regions = (data.labels[REGIONS] if REGIONS in data.labels
+               else model.with_regions(data, dtype=torch.float32).labels[REGIONS])
+    room = model.lm.max_len - model.prefix(None, tokens[:1], regions[:1]).shape[1]
+    lengths = (tokens != model.tokenizer.pad_id).sum(1)
+    fits = lengths <= room
+    out = torch.full((len(descriptions),), float("nan"))
+    if fits.any():
+        width = int(lengths[fits].max())
+        out[fits] = _log_probs(model, tokens[fits][:, :width], starts[fits], regions[fits])
+    return out
+
+
+@torch.no_grad()
 def kl_from_reference(policy: VisionLanguageModel, reference: VisionLanguageModel, data: WorldDataset,
                       temperature: float = 1.0, seed: int = 0) -> float:
     """KL(policy || reference) per description, estimated on ``data``'s scenes: the mean of
     log pi(y) - log pi_ref(y) over one description y sampled from the policy per scene, at
     ``temperature`` (1: the policy itself). Descriptions too long to score are left out."""
     said = describe(policy, data, temperature=temperature, generator=sampling_generator(policy, seed))
-    tokens, starts = _sequences(policy, said)
-    regions = policy.with_regions(data, dtype=torch.float32).labels[REGIONS]
-    visual = policy.prefix(None, tokens[:1], regions[:1]).shape[1]
-    fits = (tokens != policy.tokenizer.pad_id).sum(1) <= policy.lm.max_len - visual
-    tokens, starts, regions = tokens[fits], starts[fits], regions[fits]
-    tokens = tokens[:, :int((tokens != policy.tokenizer.pad_id).sum(1).max())]
-    gap = _log_probs(policy, tokens, starts, regions) - _log_probs(reference, tokens, starts, regions)
-    return float(gap.mean())
+    data = policy.with_regions(data, dtype=torch.float32)
+    gap = description_log_probs(policy, data, said) - description_log_probs(reference, data, said)
+    return float(gap.nanmean())
 
 
 def alignment_scores(model: VisionLanguageModel, described: WorldDataset, asked: WorldDataset,
@@ -244,5 +257,5 @@ def alignment_scores(model: VisionLanguageModel, described: WorldDataset, asked:
 
 
 __all__ = ["PAIR_SEED_OFFSET", "description_rewards", "answer_log_probs", "sample_descriptions", "preference_pairs", "pair_answers",
-           "PreferenceTuning", "describer_for", "tune_preferences", "kl_from_reference", "log_prob_shift",
+           "PreferenceTuning", "describer_for", "tune_preferences", "description_log_probs", "kl_from_reference", "log_prob_shift",
            "alignment_scores"]

@@ -141,6 +141,31 @@ def train_vision_language_model(recipe: VisionLanguageRecipe, *, clip: nn.Module
     return model.eval()
 
 
+def describer_of(recipe: VisionLanguageRecipe, *, device=None, progress: bool = True) -> VisionLanguageModel:
+    """Chapter 7b's describer as ``recipe`` trains it: the shipped one for ``DESCRIBER`` itself
+    (seed 0), else trained afresh (``train_describer``, about a minute)."""
+    if recipe == DESCRIBER:
+        return pretrained_describer(device=device)
+    return train_describer(recipe, device=device, progress=progress)
+
+
+def tune_afresh(recipe: VisionLanguageRecipe, data: WorldDataset, *, clip: nn.Module | None = None, device=None,
+                progress: bool = True, desc: str = "tuning") -> VisionLanguageModel:
+    """``recipe``'s model tuned on ``data`` instead of its own tuning data (chapter 9 changes
+    the data and keeps the rest): its text-pretrained language model (the shipped one where
+    mmlib ships it, else pretrained afresh), a frozen copy of ``clip``'s image tower (default:
+    chapter 4's), ``recipe.steps`` steps of tuning. About half a minute."""
+    from mmlib.pretrain import pretrained_clip
+
+    shipped_lm = any(_lm_recipe(r) == _lm_recipe(recipe) for r in SHIPPED.values())
+    lm = (pretrained_language_model(recipe, device=device) if shipped_lm
+          else pretrain_language_model(recipe, device=device, progress=progress)[0])
+    clip = clip if clip is not None else pretrained_clip(device=device, progress=progress)
+    model = vision_language_model(recipe, clip.image_encoder, lm)
+    tune(model, data, recipe, device=device, progress=progress, desc=desc)
+    return model.eval()
+
+
 def train_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, clip: nn.Module | None = None, device=None,
                     progress: bool = True) -> VisionLanguageModel:
     """Chapter 7b's describer trained by ``recipe`` (``train_vision_language_model``)."""
@@ -230,6 +255,6 @@ def describer_record() -> dict:
 
 
 __all__ = ["tuning_data", "text_data", "alignment_data", "align", "language_model", "pretrain_language_model", "vision_language_model", "tune",
-           "train_vision_language_model", "train_describer", "SHIPPED", "retrain_hint", "RETRAIN_DESCRIBER",
+           "train_vision_language_model", "describer_of", "tune_afresh", "train_describer", "SHIPPED", "retrain_hint", "RETRAIN_DESCRIBER",
            "pretrained_vision_language_model", "pretrained_language_model", "pretrained_describer",
            "shipped_record", "describer_record"]
