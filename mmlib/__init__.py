@@ -6,7 +6,7 @@ lower layers never import higher ones (``tests/test_architecture.py`` keeps it s
 - ``mmlib.spectrogram`` -- sound as an image: the log-mel spectrogram
 - ``mmlib.algorithms`` -- convolution, GRU cell and attention by hand (chapter 3)
 - ``mmlib.objectives`` -- CLIP, SigLIP, matching, bag-of-words and captioning losses (chapter 4)
-- ``mmlib.alignment`` -- preference tuning: DPO's loss on sequence log-probabilities (chapter 9, to come)
+- ``mmlib.alignment`` -- preference tuning: DPO's loss on sequence log-probabilities, best-of-n (chapter 9b)
 - ``mmlib.metrics``  -- recall@k, zero-shot logits, linear probe, modality gap
 - ``mmlib.distributed`` -- all-gather with gradients, joining a process group, launching (chapter 6)
 - ``mmlib.lm``       -- a decoder-only language model with a key-value cache (chapter 7)

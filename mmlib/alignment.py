@@ -86,8 +86,9 @@ def best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || sampler) = log n - (n - 1) / n nats, for an answer space without ties of
-    the reward (Stiennon et al. 2020, appendix; an upper bound in general): 0 at n = 1."""
+    """log n - (n - 1) / n nats, the KL divergence of best-of-n from its sampler as Stiennon et
+    al. (2020) and Gao et al. (2023) compute it; always an upper bound, close when no single
+    answer is likely (Beirami et al. 2024): 0 at n = 1."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n is a number of samples >= 1, got {n!r}")
     return math.log(n) - (n - 1) / n

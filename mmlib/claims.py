@@ -274,12 +274,24 @@ CLAIMS = {
 
 def seed_spread(claim: str) -> dict[str, dict]:
     """The seed benchmark's table for one claim (``benchmarks/seeds.py --write`` stores it in
-    ``mmlib/seed_spread.json``): row -> {"mean", "std", "values"} over its seeds."""
+    ``mmlib/seed_spread.json``): row -> {"mean", "std", "values"} over its seeds. Claims joined
+    by '+' ('decode+align') read as one table, to pair rows across claims whose seed s trains
+    the same models (chapter 9's claims all start from the describer of seed s)."""
     stored = json.loads(resources.files("mmlib").joinpath("seed_spread.json").read_text())
-    if claim not in stored:
-        raise KeyError(f"no seed spread for {claim!r}: the benchmark measured {sorted(stored)}; "
-                       f"run python benchmarks/seeds.py {claim} --write")
-    return stored[claim]["rows"]
+    for part in claim.split("+"):
+        if part not in stored:
+            raise KeyError(f"no seed spread for {part!r}: the benchmark measured {sorted(stored)}; "
+                           f"run python benchmarks/seeds.py {part} --write")
+    parts = claim.split("+")
+    if len({tuple(stored[p]["seeds"]) for p in parts}) > 1:
+        raise ValueError(f"{claim!r}: these claims ran different seeds, so their rows do not pair")
+    rows = {}
+    for part in parts:
+        shared = set(rows) & set(stored[part]["rows"])
+        if shared:
+            raise ValueError(f"{claim!r}: rows {sorted(shared)} are in more than one of these claims")
+        rows.update(stored[part]["rows"])
+    return rows
 
 
 def _rows(claim: str, names) -> dict[str, dict]:

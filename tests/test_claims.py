@@ -166,3 +166,20 @@ def test_a_ranking_needs_five_seeds_and_an_interval_above_zero(monkeypatch):
     with pytest.raises(ValueError, match="needs 5"):
         beats("x", "d", "e")
 
+
+
+def test_claims_on_the_same_models_pair_across_claims():
+    """'decode+align' is one table: chapter 9's claims start from the same describer of each
+    seed, so the decoding claim's plain sampling and the alignment claim's 'before' agree seed by
+    seed, and a row of one pairs with a row of the other. Unknown parts and shared rows refuse."""
+    both = seed_spread("decode+align")
+    assert set(both) == set(seed_spread("decode")) | set(seed_spread("align"))
+    same = claims.paired("decode+align", "chair_i, T = 1, plain", "chair_i, T = 1, before")
+    assert same["mean"] == 0 and same["std"] == 0
+    across = claims.paired("decode+align", "chair_i, T = 1, VCD, blind", "chair_i, T = 1, DPO + NLL")
+    a, b = seed_spread("decode")["chair_i, T = 1, VCD, blind"], seed_spread("align")["chair_i, T = 1, DPO + NLL"]
+    assert across["mean"] == pytest.approx(sum(a["values"]) / 5 - sum(b["values"]) / 5)
+    with pytest.raises(KeyError, match="no seed spread for 'decoding'"):
+        seed_spread("decoding+align")
+    with pytest.raises(ValueError, match="more than one of these claims"):
+        seed_spread("align+align")

@@ -1,14 +1,15 @@
-"""Reward hacking, measured (chapter 9): best-of-n against a learned reward, judged by the world.
+"""Reward hacking, measured (chapter 9b): best-of-n against a learned reward, judged by the world.
 
 A reward model stands in for what people want, and optimised hard enough a policy finds where the
 stand-in is wrong: the proxy reward keeps rising while the true one rises, then falls (Gao,
 Schulman & Hilton 2023). The simplest optimiser is best-of-n: sample n answers, keep the one the
 reward scores highest; n is a dial of optimisation pressure, its KL from the sampler at most
-log n - (n - 1) / n (``mmlib.alignment.best_of_n_kl``). Our learned reward is the one DPO
-leaves behind, learned from the preference pairs alone: a tuned policy's implicit reward
-beta log pi(y|x) / pi_ref(y|x) (Rafailov et al. 2023). ``sampled_rewards`` samples descriptions
-of test scenes from the reference and scores each by that proxy and by the truth (object F1,
-exact); ``overoptimisation`` picks the best of the first n by either, for each n.
+log n - (n - 1) / n (``mmlib.alignment.best_of_n_kl``). Our learned reward takes DPO's form,
+learned from the preference pairs alone: a tuned policy's score beta log pi(y|x) / pi_ref(y|x),
+which for a policy tuned by DPO's loss alone is its implicit reward (Rafailov et al. 2023).
+``sampled_rewards`` samples descriptions of test scenes from the reference and scores each by
+that proxy and by the truth (object F1, exact); ``overoptimisation`` picks the best of the
+first n by either, for each n.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mmlib.vlm.preference import description_log_probs, description_rewards, sam
 def sampled_rewards(reference: VisionLanguageModel, policy: VisionLanguageModel, data: WorldDataset,
                     samples: int, beta: float, seed: int = 0) -> dict:
     """``samples`` descriptions of each scene of ``data``, sampled from ``reference`` at T = 1
-    (generator seeded by ``seed``), each scored twice: 'proxy', ``policy``'s implicit reward
+    (generator seeded by ``seed``), each scored twice: 'proxy', ``policy``'s score in DPO's form
     beta (log pi - log pi_ref) (NaN where too long to score), and 'truth', its object F1 against
     the scene. Returns 'descriptions' (one list per round) and the two scores as tensors
     (samples, scenes)."""
@@ -43,8 +44,8 @@ def sampled_rewards(reference: VisionLanguageModel, policy: VisionLanguageModel,
 def overoptimisation(reference: VisionLanguageModel, policy: VisionLanguageModel, data: WorldDataset, ns,
                      beta: float, seed: int = 0) -> dict[int, dict[str, float]]:
     """For each n of ``ns``: best-of-n of ``reference``'s descriptions of ``data``'s scenes by
-    ``policy``'s implicit reward (``sampled_rewards``, max(ns) samples), and what it buys:
-    'KL bound' (``best_of_n_kl``), 'proxy' (the mean implicit reward of the picks), 'f1' and
+    ``policy``'s score (``sampled_rewards``, max(ns) samples), and what it buys:
+    'KL bound' (``best_of_n_kl``), 'proxy' (the mean score of the picks), 'f1' and
     'chair_i' (``description_scores``, ``chair``: the truth) and 'oracle f1', the F1 of best-of-n
     by the truth itself."""
     if not len(ns) or min(ns) < 1:
