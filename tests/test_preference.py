@@ -339,3 +339,25 @@ def test_best_of_n_by_a_reward_that_is_zero_everywhere_keeps_the_first_sample(pa
     assert rows[1]["KL bound"] == 0.0 and rows[3]["KL bound"] > rows[2]["KL bound"]
     with pytest.raises(ValueError, match="samples >= 1"):
         overoptimisation(model, model, data, (0, 2), beta=0.1)
+
+
+def test_a_describer_on_rewritten_data_is_the_shipped_one_where_nothing_is_rewritten(monkeypatch):
+    """Share 0 at seed 0 loads the shipped describer (its data are the describer's own, exactly);
+    any other share or seed tunes afresh on the rewritten data."""
+    from mmlib.recipes import COOCCURRENCE, NEGATIVES
+    from mmlib.vlm import tuning
+    from mmlib.vlm.causes import companion_describer
+    from mmlib.vlm.negatives import negative_describer
+
+    shipped = tuning.pretrained_describer(device="cpu").state_dict()
+    for model in (companion_describer(COOCCURRENCE[0.0], device="cpu"),
+                  negative_describer(NEGATIVES["as tuned"], device="cpu")):
+        assert all(torch.equal(shipped[k], v) for k, v in model.state_dict().items())
+    asked = []
+    monkeypatch.setattr(tuning, "tune_afresh", lambda recipe, data, **kw: asked.append((recipe, data)) or "tuned")
+    rewrite = lambda recipe: f"data at share {recipe.share}"  # noqa: E731
+    got = tuning.describer_on_rewritten_data(NEGATIVES["with negatives"], rewrite)
+    assert got == "tuned" and asked == [(NEGATIVES["with negatives"].describer, "data at share 0.3")]
+    other_seed = replace(NEGATIVES["as tuned"], seed=1)
+    tuning.describer_on_rewritten_data(other_seed, rewrite)
+    assert asked[-1] == (other_seed.describer, "data at share 0.0")

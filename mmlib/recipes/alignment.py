@@ -13,6 +13,12 @@ def _describer(recipe) -> "VisionLanguageRecipe":
     return replace(recipe.base, seed=recipe.seed)
 
 
+def _seeded_share(recipe) -> None:
+    _seeded(recipe)
+    if not 0 <= recipe.share <= 1:
+        raise ValueError(f"share is a probability in [0, 1], got {recipe.share!r}")
+
+
 PREFERENCE_METHODS = ("dpo", "dpo+nll", "best-of-n")
 PREFERENCE_REWARDS = ("f1", "precision")
 
@@ -63,9 +69,7 @@ class CooccurrenceRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        _seeded(self)
-        if not 0 <= self.share <= 1:
-            raise ValueError(f"share is a probability in [0, 1], got {self.share!r}")
+        _seeded_share(self)
         object.__setattr__(self, "anchor", tuple(self.anchor))
         object.__setattr__(self, "companion", tuple(self.companion))
 
@@ -86,9 +90,7 @@ class NegativesRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        _seeded(self)
-        if not 0 <= self.share <= 1:
-            raise ValueError(f"share is a probability in [0, 1], got {self.share!r}")
+        _seeded_share(self)
 
     describer = property(_describer, doc="The describer's recipe: ``base`` at this recipe's seed.")
 

@@ -17,11 +17,11 @@ import torch
 
 from mmlib import world
 from mmlib.data import WorldDataset, render_uint8
-from mmlib.recipes import DESCRIBER, CooccurrenceRecipe
+from mmlib.recipes import CooccurrenceRecipe
 from mmlib.vlm.chat import chat_tokenizer, description_data, descriptions_dataset, instruction_data, mix
 from mmlib.vlm.evaluation import describe, mentioned
 from mmlib.vlm.model import VisionLanguageModel
-from mmlib.vlm.tuning import pretrained_describer, tune_afresh
+from mmlib.vlm.tuning import describer_on_rewritten_data
 
 
 def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
@@ -39,11 +39,10 @@ def companion_data(recipe: CooccurrenceRecipe, tokenizer=None) -> WorldDataset:
 def companion_describer(recipe: CooccurrenceRecipe, *, clip=None, device=None, progress: bool = True
                         ) -> VisionLanguageModel:
     """A describer tuned on ``companion_data(recipe)``: the shipped describer when that is what
-    the recipe trains (share 0 at seed 0), else ``tune_afresh``, about half a minute."""
-    if recipe.share == 0 and recipe.describer == DESCRIBER:
-        return pretrained_describer(device=device)
-    return tune_afresh(recipe.describer, companion_data(recipe), clip=clip, device=device, progress=progress,
-                       desc=f"share {recipe.share:g}")
+    the recipe trains (share 0 at seed 0), else tuned afresh, about half a minute
+    (``describer_on_rewritten_data``)."""
+    return describer_on_rewritten_data(recipe, companion_data, clip=clip, device=device, progress=progress,
+                                       desc=f"share {recipe.share:g}")
 
 
 PROBE_SCENES = 300

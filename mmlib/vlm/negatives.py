@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from mmlib.data import ANSWERS, WorldDataset
-from mmlib.recipes import DESCRIBER, NegativesRecipe
+from mmlib.recipes import NegativesRecipe
 from mmlib.vlm.chat import chat_sequences, chat_tokenizer, description_data, instruction_data, mix
 from mmlib.vlm.evaluation import pope_probes
 from mmlib.vlm.model import VisionLanguageModel
-from mmlib.vlm.tuning import pretrained_describer, tune_afresh
+from mmlib.vlm.tuning import describer_on_rewritten_data
 
 NEGATIVE_SEED_OFFSET = 7
 """A recipe of seed s draws which questions to rewrite, and their probes, with seed 10 s + 7
@@ -60,11 +60,10 @@ def negative_data(recipe: NegativesRecipe, tokenizer=None) -> WorldDataset:
 def negative_describer(recipe: NegativesRecipe, *, clip=None, device=None, progress: bool = True
                        ) -> VisionLanguageModel:
     """A describer tuned on ``negative_data(recipe)``: the shipped describer when that is what
-    the recipe trains (share 0 at seed 0), else ``tune_afresh``, about half a minute."""
-    if recipe.share == 0 and recipe.describer == DESCRIBER:
-        return pretrained_describer(device=device)
-    return tune_afresh(recipe.describer, negative_data(recipe), clip=clip, device=device, progress=progress,
-                       desc=f"negatives {recipe.share:g}")
+    the recipe trains (share 0 at seed 0), else tuned afresh, about half a minute
+    (``describer_on_rewritten_data``)."""
+    return describer_on_rewritten_data(recipe, negative_data, clip=clip, device=device, progress=progress,
+                                       desc=f"negatives {recipe.share:g}")
 
 
 __all__ = ["NEGATIVE_SEED_OFFSET", "negative_questions", "negative_data", "negative_describer"]

@@ -166,6 +166,17 @@ def tune_afresh(recipe: VisionLanguageRecipe, data: WorldDataset, *, clip: nn.Mo
     return model.eval()
 
 
+def describer_on_rewritten_data(recipe, rewrite, *, clip: nn.Module | None = None, device=None,
+                                progress: bool = True, desc: str = "tuning") -> VisionLanguageModel:
+    """Chapter 9's describers whose data a ``recipe`` rewrites in a ``recipe.share`` of it
+    (``CooccurrenceRecipe``, ``NegativesRecipe``): the shipped describer where nothing is
+    rewritten and the rest is the shipped recipe (share 0 at seed 0: the same data, the same
+    weights), else ``tune_afresh(recipe.describer, rewrite(recipe))``."""
+    if recipe.share == 0 and recipe.describer == DESCRIBER:
+        return pretrained_describer(device=device)
+    return tune_afresh(recipe.describer, rewrite(recipe), clip=clip, device=device, progress=progress, desc=desc)
+
+
 def train_describer(recipe: VisionLanguageRecipe = DESCRIBER, *, clip: nn.Module | None = None, device=None,
                     progress: bool = True) -> VisionLanguageModel:
     """Chapter 7b's describer trained by ``recipe`` (``train_vision_language_model``)."""
@@ -255,6 +266,6 @@ def describer_record() -> dict:
 
 
 __all__ = ["tuning_data", "text_data", "alignment_data", "align", "language_model", "pretrain_language_model", "vision_language_model", "tune",
-           "train_vision_language_model", "describer_of", "tune_afresh", "train_describer", "SHIPPED", "retrain_hint", "RETRAIN_DESCRIBER",
+           "train_vision_language_model", "describer_of", "tune_afresh", "describer_on_rewritten_data", "train_describer", "SHIPPED", "retrain_hint", "RETRAIN_DESCRIBER",
            "pretrained_vision_language_model", "pretrained_language_model", "pretrained_describer",
            "shipped_record", "describer_record"]
