@@ -2,14 +2,17 @@
 style), ``glue`` for numbers the prose quotes, ``table`` for every table, ``recipe_table`` to show
 a recipe's fields, ``show_source`` to show mmlib's code.
 
-``glue`` is MyST-NB's: it records a value so the book's prose can quote it
-(``{glue:text}`name```) instead of typing numbers by hand. On Colab, where MyST-NB is not
-installed, the fallback below simply shows the value, so the same notebook runs everywhere.
+``glue`` records a value so the book's prose can quote it (``{glue:text}`name```) instead of
+typing numbers by hand. It writes the output MyST-NB's own ``glue`` writes (``_record``; a test
+compares the two) without importing MyST-NB's, whose import pulls in a JSON-schema validator and
+costs every chapter about a second. On Colab, where MyST-NB is not installed, ``glue`` simply
+shows the value, so the same notebook runs everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import os
 import textwrap
@@ -21,10 +24,23 @@ import torch
 from mmlib.plot import use_book_style
 from mmlib.train import default_device, seed_everything
 
-try:  # the book build and local installs with the [book] extra
-    from myst_nb import glue as _myst_glue
-except ImportError:  # pragma: no cover - exercised by tests through monkeypatching
-    _myst_glue = None
+GLUE_PREFIX = "application/papermill.record/"  # MyST-NB reads glued values under this prefix
+
+
+def _record(name: str, value: Any, display: bool = True) -> None:
+    """What ``myst_nb.glue`` does: display ``value``'s formats with the name in the output's
+    metadata, each format behind ``GLUE_PREFIX`` unless the value is also shown."""
+    import IPython.display
+    from IPython.core.formatters import format_display_data
+
+    formats, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = dict(name=name, mime_prefix=prefix)
+    IPython.display.display({prefix + k: v for k, v in formats.items()}, raw=True, metadata=metadata)
+
+
+# the book build and local installs with the [book] extra; on Colab, None (tests monkeypatch it)
+_myst_glue = _record if importlib.util.find_spec("myst_nb") is not None else None
 
 
 def glue(name: str, value: Any, display: bool = True) -> None:

@@ -55,6 +55,21 @@ def test_glue_with_myst_nb_records_the_value(monkeypatch):
     assert recorded == [("n_events", 35, False)]
 
 
+@pytest.mark.parametrize("display", [True, False])
+@pytest.mark.parametrize("value", [0.973, "about 50 s", {"seen": 0.9, "held-out": 0.8}])
+def test_glue_writes_what_myst_nb_glue_writes(monkeypatch, display, value):
+    """mmlib records glued values itself (importing MyST-NB's glue costs a second per chapter):
+    the displayed bundle and its metadata must be exactly MyST-NB's, or the build loses them."""
+    myst_glue = pytest.importorskip("myst_nb.ext.glue")
+    ours, theirs = [], []
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: ours.append((a, k)))
+    monkeypatch.setattr(myst_glue, "ipy_display", lambda *a, **k: theirs.append((a, k)))
+    notebook._record("fused_acc", value, display=display)
+    myst_glue.glue("fused_acc", value, display=display)
+    assert ours == theirs and len(ours) == 1
+    assert notebook._myst_glue is notebook._record, "with MyST-NB installed, glue records"
+
+
 @pytest.mark.parametrize("name", ["fused acc", "", "1st", None])
 def test_glue_names_must_be_identifiers(name):
     with pytest.raises(ValueError, match="identifiers"):
