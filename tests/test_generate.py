@@ -131,6 +131,17 @@ def test_sampling_is_seeded_and_checks_its_arguments(tiny):
         G.generate_images(tiny, ["a red circle"], guidance=-1)
 
 
+def test_the_batch_size_does_not_change_the_images():
+    """The starting noise is drawn for all prompts at once: batching is only about speed."""
+    torch.manual_seed(0)
+    model = G.TextToImage(Tokenizer.for_world(), channels=(8, 16), text_dim=16).eval()
+    texts = ["a red circle", "a blue star and a green cross", "a small pink square"] * 3
+    whole = G.generate_images(model, texts, steps=3, seed=2)
+    for batch_size in (1, 4):
+        torch.testing.assert_close(G.generate_images(model, texts, steps=3, seed=2, batch_size=batch_size),
+                                   whole, atol=1e-5, rtol=0)
+
+
 def test_a_ddpm_model_samples_with_ddim_and_guidance():
     torch.manual_seed(0)
     model = G.TextToImage(Tokenizer.for_world(), objective="ddpm", channels=(8, 16), text_dim=16).eval()
@@ -417,6 +428,8 @@ def test_the_exact_reader_reads_fresh_renders():
     data = G.judge_data(240, seed=11, two_objects=0.25)
     scores = G.judge_accuracy(reader, data)
     assert min(scores[k] for k in ("color", "shape", "size", "position", "pairs")) >= 0.97, scores
+    x = (data.images[:40].float() / 255).flatten(1)  # pictures searched together or one by one
+    assert [f[:5] for f in reader._nearest(x, chunk=7)] == [f[:5] for f in reader._nearest(x, chunk=1)]
     with pytest.raises(ValueError, match="exact reader reads images"):
         reader.read(torch.zeros(2, 3, 32, 32))
 

@@ -72,23 +72,29 @@ class ExactReader:
         self.smallest_object = ((self.images - self.background) ** 2).sum(1).min().item()
         self.image_size, self.step, self.fine = image_size, 1 / (grid - 1), fine
 
-    def _nearest(self, x: torch.Tensor) -> list[tuple]:
+    def _nearest(self, x: torch.Tensor, chunk: int = 32) -> list[tuple]:
         """For each flattened picture: (colour, shape, size, x, y, rendering) of the nearest
-        one-object rendering."""
-        coarse = ((x ** 2).sum(1, keepdim=True) - 2 * x @ self.images.T + self.norms[None]).argmin(1)
-        shapes, sizes, found = np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)), []
-        for i, k in enumerate(coarse.tolist()):
+        one-object rendering. The refinement renders the candidates of ``chunk`` pictures at a
+        time (one call instead of one per picture: the same renders, several times faster)."""
+        coarse = ((x ** 2).sum(1, keepdim=True) - 2 * x @ self.images.T + self.norms[None]).argmin(1).numpy()
+        offsets = (np.arange(self.fine) - (self.fine - 1) / 2) / (self.fine - 1)
+        s, z, ox, oy = (a.reshape(-1) for a in np.meshgrid(np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)),
+                                                            offsets, offsets, indexing="ij"))
+        r, found = self.radius[z], []
+        for start in range(0, len(x), chunk):
+            k = coarse[start:start + chunk]
             color, cx, cy = self.candidates["color"][k], self.candidates["x"][k], self.candidates["y"][k]
-            span = 1.5 * self.step
+            span = np.full(len(k), 1.5 * self.step)
             for _ in range(2):  # every shape and size of that colour, at finer and finer centres
-                offsets = (np.arange(self.fine) - (self.fine - 1) / 2) / (self.fine - 1) * span
-                s, z, ox, oy = (a.reshape(-1) for a in np.meshgrid(shapes, sizes, offsets, offsets, indexing="ij"))
-                r = self.radius[z]
-                xs, ys = np.clip(cx + ox, r, 1 - r), np.clip(cy + oy, r, 1 - r)
-                drawn = _render(np.full(len(s), color), s, z, xs, ys, self.image_size)
-                j = int(((drawn - x[i]) ** 2).sum(1).argmin())
-                cx, cy, span = xs[j], ys[j], span * 1.5 / (self.fine - 1)
-            found.append((int(color), int(s[j]), int(z[j]), float(cx), float(cy), drawn[j]))
+                xs = np.clip(cx[:, None] + ox[None] * span[:, None], r, 1 - r)
+                ys = np.clip(cy[:, None] + oy[None] * span[:, None], r, 1 - r)
+                drawn = _render(np.repeat(color, len(s)), np.tile(s, len(k)), np.tile(z, len(k)), xs.reshape(-1),
+                                ys.reshape(-1), self.image_size).view(len(k), len(s), -1)
+                j = ((drawn - x[start:start + chunk, None]) ** 2).sum(2).argmin(1).numpy()
+                rows = np.arange(len(k))
+                cx, cy, span = xs[rows, j], ys[rows, j], span * 1.5 / (self.fine - 1)
+            found += [(int(c), int(s[i]), int(z[i]), float(a), float(b), drawn[n, i])
+                      for n, (c, i, a, b) in enumerate(zip(color, j, cx, cy))]
         return found
 
     @torch.no_grad()

@@ -116,11 +116,13 @@ GUIDANCE = 3.0
 
 @torch.no_grad()
 def generate_images(model: TextToImage, texts: Sequence[str], *, steps: int = STEPS, guidance: float = GUIDANCE,
-                    seed: int = 0, batch_size: int = 512) -> torch.Tensor:
+                    seed: int = 0, batch_size: int = 64) -> torch.Tensor:
     """Images (n, 3, 16, 16) in [0, 1] for ``texts``: Euler (flow) or DDIM (ddpm) with
     ``steps`` steps and guidance weight ``guidance`` (by default the book's setting, ``STEPS``
     and ``GUIDANCE``). The starting noise is drawn on the CPU from
-    ``seed``, so the same call gives the same images on any device."""
+    ``seed``, so the same call gives the same images on any device and any ``batch_size``
+    (prompts per forward pass, doubled by guidance; 64 ran a third faster on a CPU than 512:
+    the feature maps stay in its cache)."""
     check_steps(steps)
     if guidance < 0:
         raise ValueError(f"the guidance weight is >= 0 (1 = no guidance), got {guidance}")
