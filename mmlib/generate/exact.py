@@ -74,15 +74,15 @@ class ExactReader:
 
     def _nearest(self, x: torch.Tensor, chunk: int = 32) -> list[tuple]:
         """For each flattened picture: (colour, shape, size, x, y, rendering) of the nearest
-        one-object rendering. The refinement renders the candidates of ``chunk`` pictures at a
-        time (one call instead of one per picture: the same renders, several times faster)."""
-        coarse = ((x ** 2).sum(1, keepdim=True) - 2 * x @ self.images.T + self.norms[None]).argmin(1).numpy()
+        one-object rendering. ``chunk`` pictures at a time: their candidates are rendered in one
+        call (not one per picture: the same renders, faster) and memory stays bounded."""
         offsets = (np.arange(self.fine) - (self.fine - 1) / 2) / (self.fine - 1)
         s, z, ox, oy = (a.reshape(-1) for a in np.meshgrid(np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)),
                                                             offsets, offsets, indexing="ij"))
         r, found = self.radius[z], []
         for start in range(0, len(x), chunk):
-            k = coarse[start:start + chunk]
+            part = x[start:start + chunk]
+            k = ((part ** 2).sum(1, keepdim=True) - 2 * part @ self.images.T + self.norms[None]).argmin(1).numpy()
             color, cx, cy = self.candidates["color"][k], self.candidates["x"][k], self.candidates["y"][k]
             span = np.full(len(k), 1.5 * self.step)
             for _ in range(2):  # every shape and size of that colour, at finer and finer centres
@@ -90,10 +90,10 @@ class ExactReader:
                 ys = np.clip(cy[:, None] + oy[None] * span[:, None], r, 1 - r)
                 drawn = _render(np.repeat(color, len(s)), np.tile(s, len(k)), np.tile(z, len(k)), xs.reshape(-1),
                                 ys.reshape(-1), self.image_size).view(len(k), len(s), -1)
-                j = ((drawn - x[start:start + chunk, None]) ** 2).sum(2).argmin(1).numpy()
+                j = ((drawn - part[:, None]) ** 2).sum(2).argmin(1).numpy()
                 rows = np.arange(len(k))
                 cx, cy, span = xs[rows, j], ys[rows, j], span * 1.5 / (self.fine - 1)
-            found += [(int(c), int(s[i]), int(z[i]), float(a), float(b), drawn[n, i])
+            found += [(int(c), int(s[i]), int(z[i]), float(a), float(b), drawn[n, i].clone())
                       for n, (c, i, a, b) in enumerate(zip(color, j, cx, cy))]
         return found
 
