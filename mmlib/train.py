@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -199,6 +198,8 @@ class History:
         if ax is not None:
             ax.plot(*zip(*self.evals), marker="o", label=label)
             return ax.figure
+        import matplotlib.pyplot as plt  # on use: the command line and its workers never draw
+
         fig, (left, right) = plt.subplots(1, 2, figsize=(6.9, 3.0), layout="constrained")
         left.plot(self.loss, lw=1)
         left.set(xlabel="step", ylabel="training loss", title="Loss")
