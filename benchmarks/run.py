@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             stored["chapters"][Path(r["notebook"]).stem] = {"wall_s": round(r["wall_s"], 1),
                                                              "units": round(r["wall_s"] / r["unit_s"], 1),
                                                              "peak_mb": round(r["peak_mb"])}
-        path.write_text(json.dumps(stored, indent=1) + "\n")
+        path.write_text(json.dumps(stored, indent=2) + "\n")
     if failed:
         print(f"FAILED ({len(failed)}): {', '.join(failed)}")
         return 1
