@@ -74,10 +74,11 @@ class ExactReader:
 
     def _nearest(self, x: torch.Tensor, chunk: int = 32) -> list[tuple]:
         """For each flattened picture: (colour, shape, size, x, y, rendering) of the nearest
-        one-object rendering. ``chunk`` pictures at a time, so memory stays bounded (distances to
-        every rendering of 640 pictures at once took 1.7 GB), and their candidates are rendered
-        in one call (not one per picture: faster). Renderings equally near up to rounding may
-        be told apart differently with another ``chunk``: sub-pixel centres, the same reading."""
+        one-object rendering. ``chunk`` pictures at a time: their candidates are rendered in one
+        call (not one per picture: faster), and each reading keeps a copy of its rendering, not
+        a view of the chunk's renders (views kept every render alive: about 2 GB for 640
+        pictures). Renderings equally near up to rounding may be told apart differently with
+        another ``chunk``: sub-pixel centres, the same reading."""
         offsets = (np.arange(self.fine) - (self.fine - 1) / 2) / (self.fine - 1)
         s, z, ox, oy = (a.reshape(-1) for a in np.meshgrid(np.arange(len(world.SHAPES)), np.arange(len(world.SIZES)),
                                                             offsets, offsets, indexing="ij"))
